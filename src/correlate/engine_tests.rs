@@ -1,0 +1,574 @@
+//! Table-driven tests of the engine: policies × scopes × boundaries, trace-level attribution in
+//! both arrival orders, out-of-order timestamps, misdelivery and bounds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::normalize::{Delivery, WatchedId};
+
+const SEC: u64 = 1_000_000_000;
+
+fn config(policy: &str, scope: &str, boundary: &str) -> Config {
+    Config::from_toml(&format!(
+        "[attribution]\nwait = \"2s\"\n[[watch]]\nname = \"w\"\nattribute = \"a\"\npolicy = \"{policy}\"\nscope = \"{scope}\"\nboundary = \"{boundary}\"\n"
+    ))
+    .unwrap()
+}
+
+fn resource(instance: &str) -> Arc<Resource> {
+    let mut identity = BTreeMap::new();
+    identity.insert("service.name".to_owned(), "api".to_owned());
+    identity.insert("service.instance.id".to_owned(), instance.to_owned());
+    Arc::new(Resource::from_identity(identity, None, None))
+}
+
+/// One use of instance `id` by `user` (tenant optional) over [s, e] seconds, from process `proc`.
+fn obs(
+    user: Option<&str>,
+    tenant: Option<&str>,
+    id: &str,
+    s: u64,
+    e: u64,
+    proc: &str,
+) -> Observation {
+    Observation {
+        signal: Signal::Span,
+        start_ns: s * SEC,
+        end_ns: e * SEC,
+        trace_id: None,
+        span_id: None,
+        resource: resource(proc),
+        user: user.map(Into::into),
+        tenant: tenant.map(Into::into),
+        watched: vec![WatchedId {
+            watch: 0,
+            id: id.into(),
+        }],
+        delivery: None,
+    }
+}
+
+fn at(wall_s: u64) -> Received {
+    Received {
+        wall_ns: wall_s * SEC,
+        at: Instant::now(),
+    }
+}
+
+fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<FindingRecord>) {
+    let mut engine = Engine::new(cfg, Arc::new(Metrics::new()));
+    let mut fx = Effects::default();
+    for o in observations {
+        engine.ingest(vec![o], at(1000), &mut fx);
+    }
+    engine.settle_all(at(1000), &mut fx);
+    let findings = engine.findings.values().cloned().collect();
+    (engine, findings)
+}
+
+#[test]
+fn policies_and_scopes() {
+    struct Case {
+        name: &'static str,
+        policy: &'static str,
+        scope: &'static str,
+        uses: Vec<Observation>,
+        findings: usize,
+        users: &'static [&'static str],
+    }
+    let cases = vec![
+        Case {
+            name: "exclusive: one user many times is fine",
+            policy: "exclusive",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "f1", 1, 2, "p1"),
+                obs(Some("alice"), None, "f1", 3, 4, "p1"),
+            ],
+            findings: 0,
+            users: &[],
+        },
+        Case {
+            name: "exclusive: a second user is a finding",
+            policy: "exclusive",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "f1", 1, 2, "p1"),
+                obs(Some("bob"), None, "f1", 10, 11, "p1"),
+            ],
+            findings: 1,
+            users: &["alice", "bob"],
+        },
+        Case {
+            name: "process scope: same id in two processes is two instances",
+            policy: "exclusive",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "f1", 1, 2, "p1"),
+                obs(Some("bob"), None, "f1", 1, 2, "p2"),
+            ],
+            findings: 0,
+            users: &[],
+        },
+        Case {
+            name: "global scope: same id in two processes is one instance",
+            policy: "exclusive",
+            scope: "global",
+            uses: vec![
+                obs(Some("alice"), None, "s1", 1, 2, "p1"),
+                obs(Some("bob"), None, "s1", 5, 6, "p2"),
+            ],
+            findings: 1,
+            users: &["alice", "bob"],
+        },
+        Case {
+            name: "concurrent: users taking turns is fine",
+            policy: "concurrent",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "c", 1, 2, "p1"),
+                obs(Some("bob"), None, "c", 3, 4, "p1"),
+                obs(Some("alice"), None, "c", 5, 6, "p1"),
+            ],
+            findings: 0,
+            users: &[],
+        },
+        Case {
+            name: "concurrent: overlapping users is a finding",
+            policy: "concurrent",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "c", 1, 5, "p1"),
+                obs(Some("bob"), None, "c", 4, 6, "p1"),
+            ],
+            findings: 1,
+            users: &["alice", "bob"],
+        },
+        Case {
+            name: "concurrent: overlap found whatever the arrival order",
+            policy: "concurrent",
+            scope: "process",
+            uses: vec![
+                obs(Some("bob"), None, "c", 4, 6, "p1"),
+                obs(Some("alice"), None, "c", 1, 5, "p1"),
+            ],
+            findings: 1,
+            users: &["alice", "bob"],
+        },
+        Case {
+            name: "allow: never a finding",
+            policy: "allow",
+            scope: "global",
+            uses: vec![
+                obs(Some("alice"), None, "x", 1, 5, "p1"),
+                obs(Some("bob"), None, "x", 1, 5, "p1"),
+            ],
+            findings: 0,
+            users: &[],
+        },
+        Case {
+            name: "exclusive: later users are appended to the one finding",
+            policy: "exclusive",
+            scope: "process",
+            uses: vec![
+                obs(Some("alice"), None, "f", 1, 2, "p1"),
+                obs(Some("bob"), None, "f", 3, 4, "p1"),
+                obs(Some("carol"), None, "f", 5, 6, "p1"),
+                obs(Some("bob"), None, "f", 7, 8, "p1"),
+            ],
+            findings: 1,
+            users: &["alice", "bob", "carol"],
+        },
+        Case {
+            name: "users are ordered by event time, not arrival",
+            policy: "exclusive",
+            scope: "process",
+            uses: vec![
+                obs(Some("bob"), None, "f", 10, 11, "p1"),
+                obs(Some("alice"), None, "f", 1, 2, "p1"),
+            ],
+            findings: 1,
+            users: &["alice", "bob"],
+        },
+    ];
+    for case in cases {
+        let (_, findings) = run(&config(case.policy, case.scope, "user"), case.uses);
+        assert_eq!(findings.len(), case.findings, "{}", case.name);
+        if let Some(f) = findings.first() {
+            assert_eq!(f.finding.users, case.users, "{}", case.name);
+            assert_eq!(
+                f.finding.user_count as usize,
+                case.users.len(),
+                "{}",
+                case.name
+            );
+            assert_eq!(f.finding.kind, FindingKind::SharedInstance);
+            assert!(f.finding.evidence.len() >= 2, "{}", case.name);
+        }
+    }
+}
+
+#[test]
+fn tenant_boundary_counts_tenants_not_users() {
+    let cases: Vec<(&str, &str, Vec<Observation>, usize)> = vec![
+        (
+            "two users of one tenant",
+            "exclusive",
+            vec![
+                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+                obs(Some("a2"), Some("acme"), "e", 3, 4, "p"),
+            ],
+            0,
+        ),
+        (
+            "two tenants",
+            "exclusive",
+            vec![
+                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
+            ],
+            1,
+        ),
+        (
+            "two tenants taking turns",
+            "concurrent",
+            vec![
+                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
+            ],
+            0,
+        ),
+        (
+            "two tenants overlapping",
+            "concurrent",
+            vec![
+                obs(Some("a1"), Some("acme"), "e", 1, 5, "p"),
+                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
+            ],
+            1,
+        ),
+        (
+            "two tenants, allowed",
+            "allow",
+            vec![
+                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
+            ],
+            0,
+        ),
+    ];
+    for (name, policy, uses, expected) in cases {
+        let (_, findings) = run(&config(policy, "global", "tenant"), uses);
+        assert_eq!(findings.len(), expected, "{name}");
+        if let Some(f) = findings.first() {
+            assert_eq!(f.finding.tenants, ["acme", "globex"], "{name}");
+            assert!(f.finding.cross_tenant);
+            assert_eq!(f.finding.boundary, "tenant");
+        }
+    }
+}
+
+#[test]
+fn user_boundary_finding_records_whether_it_crossed_tenants() {
+    let cfg = config("exclusive", "global", "user");
+    let (_, same) = run(
+        &cfg,
+        vec![
+            obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+            obs(Some("a2"), Some("acme"), "e", 3, 4, "p"),
+        ],
+    );
+    assert!(!same[0].finding.cross_tenant);
+    let (_, cross) = run(
+        &cfg,
+        vec![
+            obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
+            obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
+        ],
+    );
+    assert!(cross[0].finding.cross_tenant);
+    assert_eq!(cross[0].finding.severity, "critical");
+}
+
+fn traced(mut o: Observation, trace: u8) -> Observation {
+    o.trace_id = Some(TraceId([trace; 16]));
+    o
+}
+
+/// A root span naming the user and touching no watched instance.
+fn root(user: &str, trace: u8) -> Observation {
+    let mut o = traced(obs(Some(user), None, "unused", 1, 2, "p1"), trace);
+    o.watched.clear();
+    o
+}
+
+#[test]
+fn trace_attribution_user_before_instance_span() {
+    let cfg = config("exclusive", "process", "user");
+    let (_, findings) = run(
+        &cfg,
+        vec![
+            root("alice", 1),
+            traced(obs(None, None, "f", 1, 2, "p1"), 1),
+            root("bob", 2),
+            traced(obs(None, None, "f", 3, 4, "p1"), 2),
+        ],
+    );
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].finding.users, ["alice", "bob"]);
+}
+
+#[test]
+fn trace_attribution_user_after_instance_span_in_a_later_batch() {
+    let cfg = config("exclusive", "process", "user");
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(&cfg, metrics);
+    let mut fx = Effects::default();
+    engine.ingest(
+        vec![traced(obs(None, None, "f", 1, 2, "p1"), 1)],
+        at(100),
+        &mut fx,
+    );
+    engine.ingest(
+        vec![traced(obs(None, None, "f", 3, 4, "p1"), 2)],
+        at(100),
+        &mut fx,
+    );
+    assert_eq!(engine.pending(), 2, "both wait for their trace's user");
+    engine.ingest(vec![root("bob", 2)], at(101), &mut fx);
+    engine.ingest(vec![root("alice", 1)], at(101), &mut fx);
+    assert_eq!(engine.pending(), 0);
+    let f = engine.findings();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].users, ["alice", "bob"]);
+}
+
+#[test]
+fn no_user_after_the_wait_is_unattributed_never_a_finding() {
+    let cfg = config("exclusive", "process", "user");
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(&cfg, metrics.clone());
+    let mut fx = Effects::default();
+    engine.ingest(
+        vec![
+            traced(obs(None, None, "f", 1, 2, "p1"), 1),
+            traced(obs(None, None, "f", 1, 2, "p1"), 2),
+        ],
+        at(100),
+        &mut fx,
+    );
+    engine.tick(at(101), &mut fx);
+    assert_eq!(engine.pending(), 2, "still within the wait");
+    engine.tick(at(103), &mut fx);
+    assert_eq!(engine.pending(), 0);
+    assert!(engine.findings().is_empty());
+    let unattributed = metrics
+        .unattributed
+        .get_or_create(&WatchLabels { watch: "w".into() })
+        .get();
+    assert_eq!(unattributed, 2);
+}
+
+#[test]
+fn resource_user_is_the_last_resort() {
+    let cfg = config("exclusive", "global", "user");
+    let mut a = obs(None, None, "s", 1, 2, "p1");
+    a.resource = Arc::new(Resource::from_identity(
+        BTreeMap::new(),
+        Some("alice".into()),
+        None,
+    ));
+    let mut b = obs(None, None, "s", 3, 4, "p2");
+    b.resource = Arc::new(Resource::from_identity(
+        BTreeMap::new(),
+        Some("bob".into()),
+        None,
+    ));
+    let (_, findings) = run(&cfg, vec![a, b]);
+    assert_eq!(findings.len(), 1);
+}
+
+#[test]
+fn span_user_beats_trace_user() {
+    let cfg = config("exclusive", "process", "user");
+    let (_, findings) = run(
+        &cfg,
+        vec![
+            root("alice", 1),
+            traced(obs(Some("alice"), None, "f", 1, 2, "p1"), 1),
+            traced(obs(Some("bob"), None, "f", 1, 2, "p1"), 1),
+        ],
+    );
+    assert_eq!(findings[0].finding.users, ["alice", "bob"]);
+}
+
+fn delivery(user: &str, conn_user: &str, conn: &str) -> Observation {
+    let mut o = obs(Some(user), None, "unused", 5, 5, "p1");
+    o.signal = Signal::Event;
+    o.watched.clear();
+    o.delivery = Some(Box::new(Delivery {
+        event: Some("agent_thinking".into()),
+        connection_id: Some(conn.into()),
+        connection_user: Some(conn_user.into()),
+        connection_tenant: None,
+        run_id: Some("run-1".into()),
+    }));
+    o
+}
+
+#[test]
+fn misdelivered_events_make_one_finding_per_connection() {
+    let cfg = config("exclusive", "process", "user");
+    let (_, findings) = run(
+        &cfg,
+        vec![
+            delivery("alice", "alice", "c1"),
+            delivery("alice", "bob", "c2"),
+            delivery("alice", "bob", "c2"),
+            delivery("carol", "bob", "c2"),
+        ],
+    );
+    assert_eq!(findings.len(), 1);
+    let f = &findings[0].finding;
+    assert_eq!(f.kind, FindingKind::MisdeliveredEvent);
+    assert_eq!(f.users, ["alice", "bob", "carol"]);
+    assert_eq!(f.instance, "c2");
+    let e = &f.evidence[0];
+    assert_eq!(
+        (
+            e.connection_id.as_deref(),
+            e.event.as_deref(),
+            e.run_id.as_deref()
+        ),
+        (Some("c2"), Some("agent_thinking"), Some("run-1"))
+    );
+}
+
+#[test]
+fn global_cap_evicts_least_recently_seen() {
+    let mut cfg = config("exclusive", "process", "user");
+    cfg.limits.max_tracked_instances = 100;
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(&cfg, metrics.clone());
+    let mut fx = Effects::default();
+    for i in 0..1000u64 {
+        engine.ingest(
+            vec![obs(Some("u"), None, &format!("id{i}"), 1, 2, "p")],
+            at(i),
+            &mut fx,
+        );
+        assert!(engine.tracked_instances() <= 100);
+    }
+    // The most recent instance survived; the first did not.
+    let keys: Vec<String> = engine.instances.keys().map(|k| k.id.to_string()).collect();
+    assert!(keys.contains(&"id999".to_owned()));
+    assert!(!keys.contains(&"id0".to_owned()));
+    let gauge = metrics
+        .tracked_instances
+        .get_or_create(&WatchLabels { watch: "w".into() })
+        .get();
+    assert_eq!(gauge as usize, engine.tracked_instances());
+}
+
+#[test]
+fn retention_forgets_quiet_instances() {
+    let mut cfg = config("exclusive", "process", "user");
+    cfg.watches[0].retention = Duration::from_secs(60);
+    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut fx = Effects::default();
+    engine.ingest(
+        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
+        at(1000),
+        &mut fx,
+    );
+    engine.tick(at(1030), &mut fx);
+    assert_eq!(engine.tracked_instances(), 1);
+    engine.tick(at(1100), &mut fx);
+    assert_eq!(engine.tracked_instances(), 0);
+    engine.ingest(
+        vec![obs(Some("bob"), None, "f", 200, 201, "p")],
+        at(1101),
+        &mut fx,
+    );
+    assert!(engine.findings().is_empty());
+}
+
+#[test]
+fn new_bindings_are_effects_and_known_ones_are_free() {
+    let cfg = config("exclusive", "process", "user");
+    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut fx = Effects::default();
+    engine.ingest(
+        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
+        at(10),
+        &mut fx,
+    );
+    assert_eq!(fx.bindings.len(), 1);
+    let mut fx2 = Effects::default();
+    engine.ingest(
+        vec![obs(Some("alice"), None, "f", 3, 4, "p")],
+        at(10),
+        &mut fx2,
+    );
+    assert!(
+        fx2.is_empty(),
+        "a binding already known costs no write: {fx2:?}"
+    );
+}
+
+#[test]
+fn restored_state_finds_a_user_after_restart_and_never_refinds() {
+    let cfg = config("exclusive", "process", "user");
+    let mut first = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut fx = Effects::default();
+    first.ingest(
+        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
+        at(10),
+        &mut fx,
+    );
+    let restored = Restored {
+        scopes: fx
+            .scopes
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .collect(),
+        bindings: fx.bindings.clone(),
+        findings: Vec::new(),
+    };
+    let mut second = Engine::new(&cfg, Arc::new(Metrics::new()));
+    second.restore(restored);
+    let mut fx2 = Effects::default();
+    second.ingest(
+        vec![obs(Some("bob"), None, "f", 3, 4, "p")],
+        at(20),
+        &mut fx2,
+    );
+    assert_eq!(second.findings().len(), 1);
+    assert_eq!(second.findings()[0].users, ["alice", "bob"]);
+
+    let mut bindings = fx.bindings.clone();
+    bindings.extend(fx2.bindings.clone());
+    let mut third = Engine::new(&cfg, Arc::new(Metrics::new()));
+    third.restore(Restored {
+        scopes: fx
+            .scopes
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .collect(),
+        bindings,
+        findings: fx2.findings.clone(),
+    });
+    let mut fx3 = Effects::default();
+    third.ingest(
+        vec![obs(Some("alice"), None, "f", 5, 6, "p")],
+        at(30),
+        &mut fx3,
+    );
+    assert!(
+        fx3.news.is_empty(),
+        "an instance found before the restart is not found again"
+    );
+    assert_eq!(third.findings().len(), 1);
+}

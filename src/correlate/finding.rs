@@ -1,0 +1,172 @@
+//! Findings: the JSON contract of `/api/v1/findings`, `crosstalk check` and alerts.
+//!
+//! A finding's id is derived from what it is about (kind, watch, scope, instance), so the same
+//! instance can never be found twice, across restarts or across sidecars.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Users and evidence items a finding lists at most; `user_count` keeps counting past it.
+pub const MAX_LISTED_USERS: usize = 100;
+pub const MAX_EVIDENCE: usize = 50;
+
+/// The two kinds of cross-user leak crosstalk reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// One instance served more than one user (or tenant) against its watch's policy.
+    SharedInstance,
+    /// An event carrying one user's data reached a connection authenticated as another user.
+    MisdeliveredEvent,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::SharedInstance => "shared_instance",
+            FindingKind::MisdeliveredEvent => "misdelivered_event",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "shared_instance" => Some(FindingKind::SharedInstance),
+            "misdelivered_event" => Some(FindingKind::MisdeliveredEvent),
+            _ => None,
+        }
+    }
+}
+
+/// One observation that backs a finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub time: String,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    /// `span`, `log` or `event`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// A cross-user leak. Field names are a fixed contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: FindingKind,
+    pub watch: String,
+    pub instance: String,
+    /// Resource attributes of the process the instance lives in (for global watches: of the
+    /// process that reported the conflict).
+    pub scope: BTreeMap<String, String>,
+    pub service: String,
+    pub policy: String,
+    pub boundary: String,
+    pub severity: String,
+    /// Distinct users, in order first seen (event time); at most [`MAX_LISTED_USERS`].
+    pub users: Vec<String>,
+    pub user_count: u64,
+    /// Distinct tenants involved, in order first seen, where known.
+    pub tenants: Vec<String>,
+    /// Whether the users involved belong to more than one tenant.
+    pub cross_tenant: bool,
+    pub first_seen: String,
+    pub detected_at: String,
+    pub last_seen: String,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Finding {
+    /// Record one more user; false when the user was already named.
+    pub fn add_user(&mut self, user: &str) -> bool {
+        if self.users.iter().any(|u| u == user) {
+            return false;
+        }
+        if self.users.len() < MAX_LISTED_USERS {
+            self.users.push(user.to_owned());
+        }
+        self.user_count += 1;
+        true
+    }
+
+    pub fn add_tenant(&mut self, tenant: &str) {
+        if !self.tenants.iter().any(|t| t == tenant) {
+            self.tenants.push(tenant.to_owned());
+        }
+        self.cross_tenant = self.tenants.len() > 1;
+    }
+
+    pub fn add_evidence(&mut self, evidence: Evidence) {
+        if self.evidence.len() < MAX_EVIDENCE && !self.evidence.contains(&evidence) {
+            self.evidence.push(evidence);
+        }
+    }
+}
+
+/// The id of the finding about one instance: 16 hex digits of SHA-256 over its identity.
+pub fn finding_id(kind: FindingKind, watch: &str, scope_key: &str, instance: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [kind.as_str(), watch, scope_key, instance] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Unix nanoseconds as RFC 3339 (UTC, `Z`). Out-of-range values clamp to the epoch.
+pub fn rfc3339(ns: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// RFC 3339 text as Unix nanoseconds.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// Now, in Unix nanoseconds.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = finding_id(FindingKind::SharedInstance, "w", "s", "i");
+        assert_eq!(a, finding_id(FindingKind::SharedInstance, "w", "s", "i"));
+        assert_ne!(a, finding_id(FindingKind::SharedInstance, "w", "", "si"));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn time_round_trips() {
+        let ns = 1_767_323_045_500_000_000;
+        assert_eq!(rfc3339(ns), "2026-01-02T03:04:05.5Z");
+        assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns));
+    }
+}

@@ -1,0 +1,352 @@
+//! Normalization: OTLP spans, OTLP log records and WebSocket event lines become [`Observation`]s,
+//! the one shape the correlation engine understands.
+//!
+//! Everything here is a pure function of its input and the [`Extractor`] built from config:
+//! no I/O, no clocks (the receipt time is passed in), no global state.
+
+pub mod events;
+pub mod otlp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// Which kind of telemetry an observation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Span,
+    Log,
+    Event,
+}
+
+impl Signal {
+    /// The value used in evidence `source` fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Span => "span",
+            Signal::Log => "log",
+            Signal::Event => "event",
+        }
+    }
+
+    /// The value of the `signal` metric label.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Signal::Span => "traces",
+            Signal::Log => "logs",
+            Signal::Event => "events",
+        }
+    }
+}
+
+/// A 16-byte W3C trace id (never all zeroes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id (never all zeroes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    /// A valid trace id from raw bytes: exactly 16 bytes, not all zero.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 16] = bytes.try_into().ok()?;
+        (arr != [0; 16]).then_some(TraceId(arr))
+    }
+
+    /// A valid trace id from 32 hex digits.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut arr = [0u8; 16];
+        hex::decode_to_slice(text, &mut arr).ok()?;
+        Self::from_bytes(&arr)
+    }
+}
+
+impl SpanId {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 8] = bytes.try_into().ok()?;
+        (arr != [0; 8]).then_some(SpanId(arr))
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut arr = [0u8; 8];
+        hex::decode_to_slice(text, &mut arr).ok()?;
+        Self::from_bytes(&arr)
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The identity of the process that emitted an observation, and what its resource says of the
+/// user and tenant (the last resort of attribution).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Identity attributes (`service.name`, `service.namespace`, `service.instance.id`, or the
+    /// fallback `host.name` + `process.pid`): the `scope` object of process-scoped findings.
+    pub identity: BTreeMap<String, String>,
+    /// A stable string of `identity`, the process part of process-scoped instance keys.
+    pub scope_key: String,
+    pub user: Option<Box<str>>,
+    pub tenant: Option<Box<str>>,
+}
+
+impl Resource {
+    /// The attribute keys that identify a process, in scope-key order.
+    pub const IDENTITY_KEYS: [&'static str; 3] =
+        ["service.namespace", "service.name", "service.instance.id"];
+    /// Used when a resource has no `service.instance.id`.
+    pub const FALLBACK_KEYS: [&'static str; 2] = ["host.name", "process.pid"];
+
+    /// Build from attribute pairs already reduced to strings.
+    pub fn from_identity(
+        identity: BTreeMap<String, String>,
+        user: Option<Box<str>>,
+        tenant: Option<Box<str>>,
+    ) -> Self {
+        let mut scope_key = String::new();
+        for (k, v) in &identity {
+            if !scope_key.is_empty() {
+                scope_key.push('|');
+            }
+            scope_key.push_str(k);
+            scope_key.push('=');
+            scope_key.push_str(v);
+        }
+        Resource {
+            identity,
+            scope_key,
+            user,
+            tenant,
+        }
+    }
+
+    /// `service.name`, for the `service` metric label.
+    pub fn service(&self) -> &str {
+        self.identity
+            .get("service.name")
+            .map(String::as_str)
+            .unwrap_or("unknown_service")
+    }
+}
+
+/// A watched attribute found on an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedId {
+    /// Index into the config's watches.
+    pub watch: u16,
+    pub id: Box<str>,
+}
+
+/// The WebSocket delivery facts of an event (from an event line or an OTLP log record).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Delivery {
+    pub event: Option<Box<str>>,
+    pub connection_id: Option<Box<str>>,
+    pub connection_user: Option<Box<str>>,
+    pub connection_tenant: Option<Box<str>>,
+    pub run_id: Option<Box<str>>,
+}
+
+/// One use of zero or more watched instances by (possibly) a user, at a point or span of time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub signal: Signal,
+    /// Event time, Unix nanoseconds. `end_ns == start_ns` for points in time.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub trace_id: Option<TraceId>,
+    pub span_id: Option<SpanId>,
+    pub resource: Arc<Resource>,
+    /// The user named on the record itself.
+    pub user: Option<Box<str>>,
+    pub tenant: Option<Box<str>>,
+    pub watched: Vec<WatchedId>,
+    pub delivery: Option<Box<Delivery>>,
+}
+
+impl Observation {
+    /// Whether the engine has anything to do with this observation beyond learning its trace's user.
+    pub fn is_relevant(&self) -> bool {
+        !self.watched.is_empty() || self.delivery.is_some()
+    }
+}
+
+/// Why an item was rejected; the `reason` label of `crosstalk_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    IdTooLong,
+    InvalidJson,
+    NotAnObject,
+    MissingUser,
+    BadTime,
+    LineTooLong,
+    InvalidUtf8,
+    BadField,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::IdTooLong => "id_too_long",
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingUser => "missing_user",
+            RejectReason::BadTime => "bad_time",
+            RejectReason::LineTooLong => "line_too_long",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::BadField => "bad_field",
+        }
+    }
+}
+
+/// The items a payload held, and those that could not be used.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Items (spans, log records, event lines) in the payload.
+    pub items: u64,
+    /// Items rejected, by reason.
+    pub rejected: BTreeMap<RejectReason, u64>,
+    /// The first rejection's message, for `partial_success.error_message`.
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    pub fn reject(&mut self, reason: RejectReason, message: impl FnOnce() -> String) {
+        *self.rejected.entry(reason).or_default() += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(message());
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.items - self.rejected_total()
+    }
+}
+
+/// The attribute lookups normalization needs, compiled once from config.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    /// Attribute key → preference rank (lower wins).
+    user_keys: HashMap<String, usize>,
+    tenant_keys: HashMap<String, usize>,
+    /// Attribute key → the watches reading it.
+    watch_keys: HashMap<String, Vec<u16>>,
+    pub max_id_bytes: usize,
+    pub max_attributes: usize,
+    pub event_fields: crate::config::EventFields,
+    pub max_line_bytes: usize,
+}
+
+impl Extractor {
+    pub fn new(config: &Config) -> Self {
+        let rank = |keys: &[String]| {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), i))
+                .collect::<HashMap<_, _>>()
+        };
+        let mut watch_keys: HashMap<String, Vec<u16>> = HashMap::new();
+        for (i, w) in config.watches.iter().enumerate() {
+            watch_keys
+                .entry(w.attribute.clone())
+                .or_default()
+                .push(i as u16);
+        }
+        Extractor {
+            user_keys: rank(&config.identity.user_attributes),
+            tenant_keys: rank(&config.identity.tenant_attributes),
+            watch_keys,
+            max_id_bytes: config.limits.max_id_bytes,
+            max_attributes: config.limits.max_attributes_per_span,
+            event_fields: config.events.fields.clone(),
+            max_line_bytes: config.events.max_line_bytes,
+        }
+    }
+
+    /// Watched attribute keys, for event lines (which are looked up by key, not scanned).
+    pub fn watch_keys(&self) -> impl Iterator<Item = (&str, &[u16])> {
+        self.watch_keys
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
+/// Collects user, tenant and watched ids while scanning one record's attributes.
+#[derive(Default)]
+pub(crate) struct AttributeScan {
+    user: Option<(usize, Box<str>)>,
+    tenant: Option<(usize, Box<str>)>,
+    pub watched: Vec<WatchedId>,
+    pub too_long: bool,
+}
+
+impl AttributeScan {
+    /// Offer one attribute; `value` is already reduced to a string (None for unusable types).
+    pub fn offer(&mut self, ex: &Extractor, key: &str, value: Option<&str>) {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return;
+        };
+        if let Some(&rank) = ex.user_keys.get(key) {
+            if value.len() > ex.max_id_bytes {
+                self.too_long = true;
+            } else if self.user.as_ref().is_none_or(|(r, _)| rank < *r) {
+                self.user = Some((rank, value.into()));
+            }
+        }
+        if let Some(&rank) = ex.tenant_keys.get(key) {
+            if value.len() > ex.max_id_bytes {
+                self.too_long = true;
+            } else if self.tenant.as_ref().is_none_or(|(r, _)| rank < *r) {
+                self.tenant = Some((rank, value.into()));
+            }
+        }
+        if let Some(watches) = ex.watch_keys.get(key) {
+            if value.len() > ex.max_id_bytes {
+                self.too_long = true;
+                return;
+            }
+            for &watch in watches {
+                self.watched.push(WatchedId {
+                    watch,
+                    id: value.into(),
+                });
+            }
+        }
+    }
+
+    pub fn user(&mut self) -> Option<Box<str>> {
+        self.user.take().map(|(_, u)| u)
+    }
+
+    pub fn tenant(&mut self) -> Option<Box<str>> {
+        self.tenant.take().map(|(_, t)| t)
+    }
+}

@@ -1,0 +1,292 @@
+//! Prometheus metrics: the families crosstalk exports and their encoding.
+//!
+//! Labels are low-cardinality by construction: watch names come from config, services from
+//! `service.name`, reasons and signals from fixed enums. No user id, tenant id or instance id is
+//! ever a label value; the only per-finding detail is the `trace_id` exemplar.
+
+use prometheus_client::encoding::{EncodeLabelSet, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub r#type: String,
+    pub watch: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchServiceLabels {
+    pub watch: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub signal: String,
+    pub transport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictLabels {
+    pub watch: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// Every metric family crosstalk exports. Cheap to share (`Arc<Metrics>`); all updates are atomic.
+pub struct Metrics {
+    registry: Registry,
+    pub findings: Family<FindingLabels, CounterWithExemplar<TraceExemplar>>,
+    pub affected_users: Family<WatchServiceLabels, Counter>,
+    pub tracked_instances: Family<WatchLabels, Gauge>,
+    pub received: Family<SignalLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub unattributed: Family<WatchLabels, Counter>,
+    pub watched_observations: Family<WatchLabels, Counter>,
+    pub detection_delay: Histogram,
+    pub evicted: Family<EvictLabels, Counter>,
+    pub queue_pushed: Family<QueueLabels, Counter>,
+    pub queue_popped: Family<QueueLabels, Counter>,
+    pub queue_full: Family<QueueLabels, Counter>,
+    pub queue_capacity: Family<QueueLabels, Gauge>,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let findings = Family::<FindingLabels, CounterWithExemplar<TraceExemplar>>::default();
+        registry.register(
+            "crosstalk_findings",
+            "Findings raised (a shared instance or a misdelivered event), with the conflicting trace as exemplar",
+            findings.clone(),
+        );
+        let affected_users = Family::<WatchServiceLabels, Counter>::default();
+        registry.register(
+            "crosstalk_affected_users",
+            "Users named by findings (each user counted once per finding)",
+            affected_users.clone(),
+        );
+        let tracked_instances = Family::<WatchLabels, Gauge>::default();
+        registry.register(
+            "crosstalk_tracked_instances",
+            "Instances whose users are currently tracked",
+            tracked_instances.clone(),
+        );
+        let received = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "crosstalk_received",
+            "Items (spans, log records, event lines) accepted, counted once each",
+            received.clone(),
+        );
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "crosstalk_rejected",
+            "Requests or items rejected, by source and reason",
+            rejected.clone(),
+        );
+        let unattributed = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "crosstalk_unattributed",
+            "Observations of a watched instance for which no user (or tenant) could be found",
+            unattributed.clone(),
+        );
+        let watched_observations = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "crosstalk_watched_observations",
+            "Observations of a watched instance",
+            watched_observations.clone(),
+        );
+        let detection_delay = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "crosstalk_detection_delay_seconds",
+            "Time from receiving the conflicting observation to raising the finding",
+            detection_delay.clone(),
+        );
+        let evicted = Family::<EvictLabels, Counter>::default();
+        registry.register(
+            "crosstalk_evicted",
+            "Tracked instances or pending spans dropped to honour a bound",
+            evicted.clone(),
+        );
+        let queue_pushed = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "crosstalk_queue_pushed",
+            "Batches put on an internal queue",
+            queue_pushed.clone(),
+        );
+        let queue_popped = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "crosstalk_queue_popped",
+            "Batches taken off an internal queue",
+            queue_popped.clone(),
+        );
+        let queue_full = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "crosstalk_queue_full",
+            "Times a producer found an internal queue full (answered 503/UNAVAILABLE or paused)",
+            queue_full.clone(),
+        );
+        let queue_capacity = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "crosstalk_queue_capacity",
+            "Capacity of an internal queue, in batches",
+            queue_capacity.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "crosstalk_store_errors",
+            "Failed commits to the embedded store",
+            store_errors.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "crosstalk_build_info",
+            "crosstalk version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            findings,
+            affected_users,
+            tracked_instances,
+            received,
+            rejected,
+            unattributed,
+            watched_observations,
+            detection_delay,
+            evicted,
+            queue_pushed,
+            queue_popped,
+            queue_full,
+            queue_capacity,
+            store_errors,
+        }
+    }
+
+    /// Registry for families that other modules own (alerting, cluster).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Count one rejected request or item.
+    pub fn reject(&self, source: &str, reason: &str, n: u64) {
+        if n > 0 {
+            self.rejected
+                .get_or_create(&RejectLabels {
+                    source: source.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Count accepted items.
+    pub fn receive(&self, signal: &str, transport: &str, n: u64) {
+        if n > 0 {
+            self.received
+                .get_or_create(&SignalLabels {
+                    signal: signal.to_owned(),
+                    transport: transport.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// OpenMetrics text, exemplars included.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Prometheus text format 0.0.4: OpenMetrics without exemplars, units or the EOF marker,
+    /// for scrapers that do not ask for OpenMetrics.
+    pub fn encode_prometheus_text(&self) -> String {
+        let open = self.encode_openmetrics();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT") {
+                continue;
+            }
+            let sample = match line.find(" # {") {
+                Some(i) if !line.starts_with('#') => &line[..i],
+                _ => line,
+            };
+            out.push_str(sample);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exemplar_appears_in_openmetrics_but_not_plain_text() {
+        let m = Metrics::new();
+        m.findings
+            .get_or_create(&FindingLabels {
+                r#type: "shared_instance".into(),
+                watch: "agent_factory".into(),
+                service: "api".into(),
+            })
+            .inc_by(
+                1,
+                Some(TraceExemplar {
+                    trace_id: "ab".repeat(16),
+                }),
+                None,
+            );
+        let open = m.encode_openmetrics();
+        assert!(open.contains("crosstalk_findings_total{type=\"shared_instance\",watch=\"agent_factory\",service=\"api\"} 1 # {trace_id=\""), "{open}");
+        assert!(open.ends_with("# EOF\n"));
+        let plain = m.encode_prometheus_text();
+        assert!(plain.contains("crosstalk_findings_total{type=\"shared_instance\",watch=\"agent_factory\",service=\"api\"} 1\n"), "{plain}");
+        assert!(!plain.contains("trace_id"));
+        assert!(!plain.contains("# EOF"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks: where findings and self-telemetry leave crosstalk.
+
+pub mod metrics;
