@@ -1,7 +1,31 @@
 //! crosstalk: catches cross-user state leaks from a service's traces and WebSocket event logs.
+//!
+//! ```text
+//!  OTLP/gRPC ─┐                                          ┌─> store (SQLite): bindings, findings, offsets
+//!  OTLP/HTTP ─┼─> normalize ─> Observation ─> [queue] ─> engine ─┤
+//!  /v1/events ┤   (sources/*,   (normalize/)   (pipeline)  (correlate/) ├─> metrics (/metrics)
+//!  event files┘    per task)                                       └─> findings API (api/)
+//! ```
+//!
+//! A newcomer follows one span: [`sources::otlp_http`] reads and decodes the request,
+//! [`normalize::otlp`] turns each span into an [`normalize::Observation`], [`pipeline`] queues the
+//! batch to the engine thread, [`correlate::engine`] decides whether the instance now serves a
+//! second user, and [`store`] makes the result durable before the request is answered.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod correlate;
+pub mod gate;
+pub mod http;
 pub mod normalize;
+pub mod pipeline;
 pub mod sinks;
+pub mod sources;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

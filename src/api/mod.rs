@@ -1,0 +1,161 @@
+//! The admin listener: `/live`, `/ready`, `/metrics` and the findings API, routed by a plain
+//! `match` on method and path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::correlate::FindingKind;
+use crate::correlate::finding::{now_ns, parse_rfc3339};
+use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
+use crate::sinks::metrics::Metrics;
+use crate::store::{FindingFilter, StoreReader};
+
+/// Findings a list returns unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+/// The admin API's handler.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub reader: Arc<StoreReader>,
+    /// Flips once every listener is bound and state is restored.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            self.metrics.reject("admin", "method_not_allowed", 1);
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        }
+        let path = request.uri().path().to_owned();
+        match path.as_str() {
+            "/live" => respond(StatusCode::OK, "text/plain", "live\n"),
+            "/ready" if self.ready.load(Ordering::Acquire) => {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            }
+            "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+            "/metrics" => self.metrics_page(&request),
+            "/api/v1/findings" => self.list(&request).await,
+            p if p.starts_with("/api/v1/findings/") => {
+                let id = p["/api/v1/findings/".len()..].to_owned();
+                self.one(id).await
+            }
+            _ => json_error(StatusCode::NOT_FOUND, format!("no such path `{path}`")),
+        }
+    }
+}
+
+impl Admin {
+    fn metrics_page(&self, request: &Request<Incoming>) -> HttpResponse {
+        let wants_openmetrics = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
+        if wants_openmetrics {
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode_openmetrics(),
+            )
+        } else {
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.encode_prometheus_text(),
+            )
+        }
+    }
+
+    async fn list(&self, request: &Request<Incoming>) -> HttpResponse {
+        let filter = match parse_filter(request.uri().query().unwrap_or("")) {
+            Ok(f) => f,
+            Err(msg) => {
+                self.metrics.reject("admin", "bad_query", 1);
+                return json_error(StatusCode::BAD_REQUEST, msg);
+            }
+        };
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.findings(&filter)).await {
+            Ok(Ok(findings)) => json_response(StatusCode::OK, &json!({ "findings": findings })),
+            Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+
+    async fn one(&self, id: String) -> HttpResponse {
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.finding(&id)).await {
+            Ok(Ok(Some(f))) => json_response(StatusCode::OK, &json!(f)),
+            Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, "no such finding"),
+            Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+}
+
+/// `type`, `watch`, `since` (RFC 3339, or a duration back from now like `15m`) and `limit`.
+pub fn parse_filter(query: &str) -> Result<FindingFilter, String> {
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut filter = FindingFilter {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "type" => {
+                filter.kind = Some(FindingKind::parse(&value).ok_or_else(|| {
+                    format!("type `{value}` is not shared_instance or misdelivered_event")
+                })?)
+            }
+            "watch" => filter.watch = Some(value),
+            "since" => {
+                let ns = parse_rfc3339(&value)
+                    .or_else(|| {
+                        humantime::parse_duration(&value)
+                            .ok()
+                            .map(|d| now_ns().saturating_sub(d.as_nanos() as u64))
+                    })
+                    .ok_or_else(|| {
+                        format!("since `{value}` is neither RFC 3339 nor a duration like 15m")
+                    })?;
+                filter.since_ns = Some(ns);
+            }
+            "limit" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| format!("limit `{value}` is not a number"))?;
+                filter.limit = n.clamp(1, MAX_LIMIT);
+            }
+            other => return Err(format!("unknown query parameter `{other}`")),
+        }
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_reject_nonsense() {
+        let f = parse_filter("type=misdelivered_event&watch=agent_factory&limit=5").unwrap();
+        assert_eq!(f.kind, Some(FindingKind::MisdeliveredEvent));
+        assert_eq!(f.watch.as_deref(), Some("agent_factory"));
+        assert_eq!(f.limit, 5);
+        let f = parse_filter("since=2026-01-02T03%3A04%3A05Z").unwrap();
+        assert_eq!(f.since_ns, Some(1_767_323_045_000_000_000));
+        assert!(parse_filter("since=15m").unwrap().since_ns.is_some());
+        assert!(parse_filter("type=other").is_err());
+        assert!(parse_filter("since=whenever").is_err());
+        assert!(parse_filter("colour=red").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Wiring: builds every component from a [`Config`], binds the listeners, restores state, and
+//! owns the one shutdown path (stop accepting → drain → flush the store → exit within the grace).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Admin;
+use crate::config::Config;
+use crate::correlate::Engine;
+use crate::normalize::Extractor;
+use crate::pipeline::{self, EngineControl};
+use crate::sinks::metrics::Metrics;
+use crate::sources::IngestContext;
+use crate::sources::events_file::Tailer;
+use crate::sources::otlp_grpc::{self, OtlpGrpc};
+use crate::sources::otlp_http::OtlpHttp;
+use crate::store::{Store, StoreError, StoreReader};
+
+/// Why crosstalk could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {name} address {addr}: {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The addresses actually bound (port 0 in config becomes a real port here).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A running crosstalk.
+pub struct App {
+    pub addrs: BoundAddrs,
+    pub metrics: Arc<Metrics>,
+    pub reader: Arc<StoreReader>,
+    shutdown: CancellationToken,
+    servers: JoinSet<()>,
+    tailers: Vec<std::thread::JoinHandle<()>>,
+    engine: EngineControl,
+    grace: Duration,
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { name, addr, source })
+}
+
+impl App {
+    /// Open the store, restore state, start the engine, bind and serve every listener.
+    /// Returns once `/ready` answers 200.
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let store_dir = config.storage_dir.clone();
+        let (store, restored, offsets) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&store_dir)?;
+            let restored = store.restore()?;
+            let offsets = store.file_offsets()?;
+            Ok::<_, StoreError>((store, restored, offsets))
+        })
+        .await
+        .expect("store task panicked")?;
+        let reader = Arc::new(store.reader()?);
+        let mut engine = Engine::new(&config, metrics.clone());
+        engine.restore(restored);
+        tracing::info!(instances = engine.tracked_instances(), "state restored");
+        let (ingest, engine) = pipeline::spawn(
+            engine,
+            store,
+            config.limits.queue_capacity,
+            metrics.clone(),
+            None,
+        );
+
+        let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;
+        let http_listener = bind("otlp_http", config.listen.otlp_http).await?;
+        let admin_listener = bind("admin", config.listen.admin).await?;
+        let addrs = BoundAddrs {
+            otlp_grpc: grpc_listener
+                .local_addr()
+                .expect("bound socket has an address"),
+            otlp_http: http_listener
+                .local_addr()
+                .expect("bound socket has an address"),
+            admin: admin_listener
+                .local_addr()
+                .expect("bound socket has an address"),
+        };
+
+        let extractor = Arc::new(Extractor::new(&config));
+        let ctx = Arc::new(IngestContext {
+            ingest: ingest.clone(),
+            extractor: extractor.clone(),
+            metrics: metrics.clone(),
+            limits: config.limits.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let grace = config.shutdown_grace;
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut servers = JoinSet::new();
+        servers.spawn(crate::http::serve(
+            http_listener,
+            Arc::new(OtlpHttp { ctx: ctx.clone() }),
+            shutdown.clone(),
+            grace,
+        ));
+        let grpc_shutdown = shutdown.clone();
+        let grpc = OtlpGrpc::new(ctx);
+        servers.spawn(async move {
+            if let Err(e) = otlp_grpc::serve(grpc_listener, grpc, grpc_shutdown).await {
+                tracing::error!(error = %e, "OTLP/gRPC server failed");
+            }
+        });
+        servers.spawn(crate::http::serve(
+            admin_listener,
+            Arc::new(Admin {
+                metrics: metrics.clone(),
+                reader: reader.clone(),
+                ready: ready.clone(),
+            }),
+            shutdown.clone(),
+            grace,
+        ));
+
+        let mut tailers = Vec::new();
+        for path in &config.events.files {
+            let key = path.to_string_lossy().into_owned();
+            let tailer = Tailer {
+                path: path.clone(),
+                start_at: config.events.start_at,
+                poll: config.events.poll_interval,
+                checkpoint: offsets.get(&key).cloned(),
+                extractor: extractor.clone(),
+                ingest: ingest.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name("crosstalk-tail".into())
+                .spawn(move || tailer.run())
+                .expect("spawning a tail thread");
+            tailers.push(handle);
+        }
+        drop(ingest);
+        ready.store(true, Ordering::Release);
+        Ok(App {
+            addrs,
+            metrics,
+            reader,
+            shutdown,
+            servers,
+            tailers,
+            engine,
+            grace,
+        })
+    }
+
+    /// A token that, once cancelled, starts the shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Run until the shutdown token is cancelled, then shut down.
+    pub async fn run_until_shutdown(self) -> Option<Engine> {
+        self.shutdown.cancelled().await;
+        self.stop().await
+    }
+
+    /// The one shutdown path: stop accepting, let requests in flight finish, stop the tails,
+    /// let the engine take what is queued and commit it. Gives up after the grace period.
+    pub async fn stop(mut self) -> Option<Engine> {
+        let deadline = Instant::now() + self.grace;
+        self.shutdown.cancel();
+        let servers = async { while self.servers.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, servers).await.is_err() {
+            tracing::warn!("listeners did not drain within the grace period");
+        }
+        let tailers = std::mem::take(&mut self.tailers);
+        let engine = self.engine;
+        let finish = tokio::task::spawn_blocking(move || {
+            for t in tailers {
+                let _ = t.join();
+            }
+            engine.finish()
+        });
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500));
+        match tokio::time::timeout(left, finish).await {
+            Ok(Ok(engine)) => engine,
+            _ => {
+                tracing::warn!("engine did not finish within the grace period");
+                None
+            }
+        }
+    }
+}

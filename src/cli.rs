@@ -1,0 +1,260 @@
+//! The command line: verbs, flags, and their exit codes (0 fine, 1 leaks found, 2 usage,
+//! config or input error). `main.rs` only parses and calls [`run`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::gate::{self, Format};
+
+/// Exit codes.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FINDINGS: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crosstalk",
+    version,
+    about = "Catches cross-user state leaks from traces and WebSocket event logs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (OTLP/gRPC, OTLP/HTTP, admin API).
+    Serve {
+        /// Config file; without it, the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print or validate configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Look for leaks in exported telemetry files (OTLP JSON lines, event lines, gzip, `-`).
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Run a command with its telemetry pointed at a live crosstalk; fail on leaks.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// How long to wait after CMD exits for its last exports.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the embedded default configuration.
+    Default,
+    /// Validate a config file: exit 0, or 2 naming the bad key and why.
+    Check { file: PathBuf },
+}
+
+fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
+    match config {
+        None => Ok(Config::default_config()),
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("crosstalk: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => match load(&config) {
+            Ok(config) => runtime().block_on(serve(config)),
+            Err(code) => code,
+        },
+        Command::Config {
+            action: ConfigAction::Default,
+        } => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::from(EXIT_OK)
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} watches)", file.display(), c.watches.len());
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("crosstalk: {}: {e}", file.display());
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Check {
+            config,
+            format,
+            files,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match gate::check_files(&config, &files) {
+                Ok(findings) => finish(&findings, format),
+                Err(e) => {
+                    eprintln!("crosstalk: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+        Command::Run {
+            config,
+            format,
+            grace,
+            command,
+        } => match load(&config) {
+            Ok(config) => runtime().block_on(run_command(config, format, grace, command)),
+            Err(code) => code,
+        },
+    }
+}
+
+fn finish(findings: &[crate::correlate::Finding], format: Format) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = gate::print_findings(&mut out, findings, format).and_then(|_| out.flush()) {
+        eprintln!("crosstalk: cannot write findings: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    ExitCode::from(if findings.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FINDINGS
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let started = std::time::Instant::now();
+    let app = match crate::App::start(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let a = app.addrs;
+    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, admin = %a.admin,
+        startup_ms = started.elapsed().as_millis() as u64, "crosstalk ready");
+    // One machine-readable line, so that scripts and tests using port 0 learn the ports.
+    println!(
+        "{}",
+        serde_json::json!({"ready": true, "otlp_grpc": a.otlp_grpc.to_string(),
+            "otlp_http": a.otlp_http.to_string(), "admin": a.admin.to_string()})
+    );
+    let _ = std::io::stdout().flush();
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    app.run_until_shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::from(EXIT_OK)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `crosstalk run`: a private crosstalk on free loopback ports, CMD pointed at it.
+async fn run_command(
+    mut config: Config,
+    format: Format,
+    grace: Duration,
+    command: Vec<String>,
+) -> ExitCode {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.otlp_grpc = loopback;
+    config.listen.otlp_http = loopback;
+    config.listen.admin = loopback;
+    let storage = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("crosstalk: cannot create a temporary store: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    config.storage_dir = storage.path().to_owned();
+    let app = match crate::App::start(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let http = app.addrs.otlp_http;
+    let status = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{http}"))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("CROSSTALK_EVENTS_URL", format!("http://{http}/v1/events"))
+        .env(
+            "CROSSTALK_GRPC_ENDPOINT",
+            format!("http://{}", app.addrs.otlp_grpc),
+        )
+        .status()
+        .await;
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("crosstalk: cannot run `{}`: {e}", command[0]);
+            app.stop().await;
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    tokio::time::sleep(grace).await;
+    let engine = app.stop().await;
+    let findings: Vec<_> = engine
+        .as_ref()
+        .map(|e| e.findings().into_iter().cloned().collect())
+        .unwrap_or_default();
+    let verdict = finish(&findings, format);
+    if !status.success() {
+        eprintln!("crosstalk: `{}` failed ({status})", command.join(" "));
+        return ExitCode::from(
+            status
+                .code()
+                .map(|c| c.clamp(1, 255) as u8)
+                .unwrap_or(EXIT_FINDINGS),
+        );
+    }
+    verdict
+}

@@ -1,0 +1,289 @@
+//! The CI gate and forensics: `crosstalk check FILE...` runs exported telemetry through the same
+//! engine as `serve`; `crosstalk run -- CMD` runs a command against a live engine on free
+//! loopback ports. Both print the findings as text, JSON or JUnit XML.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::correlate::{Effects, Engine, Finding, Received};
+use crate::normalize::events::observe_event_value;
+use crate::normalize::{Extractor, Tally, otlp};
+use crate::sinks::metrics::Metrics;
+
+/// How findings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Junit,
+}
+
+/// An input that cannot be used: `file:line: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct InputError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Run every file through one engine; the findings, newest first.
+pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, InputError> {
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(config, metrics);
+    let extractor = Extractor::new(config);
+    let mut fx = Effects::default();
+    for name in files {
+        let reader = open_input(name).map_err(|e| InputError {
+            file: name.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        feed(reader, name, &extractor, &mut engine, &mut fx)?;
+        fx = Effects::default();
+    }
+    engine.settle_all(Received::now(), &mut fx);
+    Ok(engine.findings().into_iter().cloned().collect())
+}
+
+/// A file (`-` for stdin), transparently gunzipped when it starts with the gzip magic.
+fn open_input(name: &str) -> std::io::Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = if name == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(Path::new(name))?)
+    };
+    let mut buffered = BufReader::with_capacity(64 * 1024, raw);
+    let is_gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if is_gzip {
+        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(
+            buffered,
+        )))
+    } else {
+        Box::new(buffered)
+    })
+}
+
+/// Each line is an OTLP JSON export (`resourceSpans` / `resourceLogs`, as the Collector's file
+/// exporter writes them) or a WebSocket event; anything else is an error naming the line.
+fn feed(
+    reader: Box<dyn BufRead>,
+    name: &str,
+    extractor: &Extractor,
+    engine: &mut Engine,
+    fx: &mut Effects,
+) -> Result<(), InputError> {
+    let err = |line: usize, message: String| InputError {
+        file: name.to_owned(),
+        line,
+        message,
+    };
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| err(n, format!("cannot read: {e}")))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_slice(&line).map_err(|e| err(n, format!("invalid JSON: {e}")))?;
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let observations = if value.get("resourceSpans").is_some() {
+            let req: ExportTraceServiceRequest = serde_json::from_value(value)
+                .map_err(|e| err(n, format!("invalid OTLP traces JSON: {e}")))?;
+            otlp::observe_traces(&req, extractor, received.wall_ns, &mut tally)
+        } else if value.get("resourceLogs").is_some() {
+            let req: ExportLogsServiceRequest = serde_json::from_value(value)
+                .map_err(|e| err(n, format!("invalid OTLP logs JSON: {e}")))?;
+            otlp::observe_logs(&req, extractor, received.wall_ns, &mut tally)
+        } else {
+            let obs = observe_event_value(&value, extractor, received.wall_ns).map_err(|r| {
+                err(
+                    n,
+                    format!("unusable event ({}): {}", r.reason.as_str(), r.message),
+                )
+            })?;
+            vec![obs]
+        };
+        if let Some(message) = tally.first_error {
+            return Err(err(n, message));
+        }
+        engine.ingest(observations, received, fx);
+    }
+    Ok(())
+}
+
+/// Print findings in the chosen format.
+pub fn print_findings(
+    out: &mut dyn Write,
+    findings: &[Finding],
+    format: Format,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "findings": findings }))?;
+            writeln!(out)
+        }
+        Format::Junit => out.write_all(junit(findings).as_bytes()),
+        Format::Text => {
+            if findings.is_empty() {
+                return writeln!(out, "crosstalk: no cross-user leaks found");
+            }
+            writeln!(
+                out,
+                "crosstalk: {} cross-user leak(s) found",
+                findings.len()
+            )?;
+            for f in findings {
+                writeln!(out, "{}", describe(f))?;
+                for e in &f.evidence {
+                    writeln!(
+                        out,
+                        "    {} at {} via {}{}{}",
+                        e.user,
+                        e.time,
+                        e.source,
+                        e.trace_id
+                            .as_ref()
+                            .map(|t| format!(" trace={t}"))
+                            .unwrap_or_default(),
+                        e.connection_id
+                            .as_ref()
+                            .map(|c| format!(" connection={c}"))
+                            .unwrap_or_default(),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One line naming what leaked to whom.
+pub fn describe(f: &Finding) -> String {
+    let more = f.user_count as usize - f.users.len().min(f.user_count as usize);
+    format!(
+        "  [{}] {} watch={} instance={} service={} users={} ({}{}){} id={}",
+        f.severity,
+        f.kind.as_str(),
+        f.watch,
+        f.instance,
+        f.service,
+        f.user_count,
+        f.users.join(", "),
+        if more > 0 {
+            format!(", +{more} more")
+        } else {
+            String::new()
+        },
+        if f.cross_tenant {
+            format!(" tenants=({})", f.tenants.join(", "))
+        } else {
+            String::new()
+        },
+        f.id
+    )
+}
+
+/// A JUnit report: one failed test case per finding, one passing case when there is none.
+pub fn junit(findings: &[Finding]) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let tests = findings.len().max(1);
+    xml.push_str(&format!(
+        "<testsuites name=\"crosstalk\" tests=\"{tests}\" failures=\"{}\">\n  <testsuite name=\"crosstalk\" tests=\"{tests}\" failures=\"{}\">\n",
+        findings.len(),
+        findings.len()
+    ));
+    if findings.is_empty() {
+        xml.push_str("    <testcase classname=\"crosstalk\" name=\"no cross-user leaks\"/>\n");
+    }
+    for f in findings {
+        let details: Vec<String> = f
+            .evidence
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} at {} trace={}",
+                    e.user,
+                    e.time,
+                    e.trace_id.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        xml.push_str(&format!(
+            "    <testcase classname=\"crosstalk.{}.{}\" name=\"{} {}\">\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
+            escape(f.kind.as_str()),
+            escape(&f.watch),
+            escape(&f.watch),
+            escape(&f.instance),
+            escape(f.kind.as_str()),
+            escape(describe(f).trim()),
+            escape(&details.join("\n")),
+        ));
+    }
+    xml.push_str("  </testsuite>\n</testsuites>\n");
+    xml
+}
+
+/// Escape text for XML, dropping characters XML 1.0 cannot hold at all.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_handles_markup_and_control_characters() {
+        assert_eq!(escape("a<b>&\"'\0c"), "a&lt;b&gt;&amp;&quot;&apos;c");
+    }
+
+    #[test]
+    fn event_lines_with_a_shared_emitter_are_found() {
+        let cfg = Config::from_toml(
+            "[[watch]]\nname=\"emitter\"\nattribute=\"emitter_id\"\npolicy=\"exclusive\"\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(
+            &path,
+            "{\"user_id\":\"a\",\"emitter_id\":\"e\",\"time\":1}\n{\"user_id\":\"b\",\"emitter_id\":\"e\",\"time\":2}\n",
+        )
+        .unwrap();
+        let findings = check_files(&cfg, &[path.to_string_lossy().into_owned()]).unwrap();
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].users, ["a", "b"]);
+    }
+
+    #[test]
+    fn malformed_line_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(&path, "{\"user_id\":\"a\"}\n\n{oops\n").unwrap();
+        let name = path.to_string_lossy().into_owned();
+        let err = check_files(&Config::default_config(), &[name.clone()]).unwrap_err();
+        assert_eq!((err.file.as_str(), err.line), (name.as_str(), 3));
+    }
+}

@@ -1,0 +1,262 @@
+//! The ingest queue and the engine thread that owns all correlation state.
+//!
+//! Producers (the OTLP and events listeners, the file tailers) normalize in their own tasks and
+//! hand [`Batch`]es to one bounded queue. Full-policy: listeners use [`IngestHandle::try_submit`]
+//! and answer 503 / `UNAVAILABLE` when it is full; tailers use [`IngestHandle::submit`], which
+//! waits (the tail pauses). The engine thread takes every batch waiting, applies them, commits
+//! their effects and file checkpoints in one transaction (group commit), and only then
+//! acknowledges each producer. Nothing acknowledged is ever lost to a crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::oneshot;
+
+use crate::correlate::engine::FindingNews;
+use crate::correlate::{Effects, Engine, Received};
+use crate::normalize::Observation;
+use crate::sinks::metrics::{Metrics, QueueLabels};
+use crate::store::{FileCheckpoint, Store};
+
+/// Batches taken per group commit at most, so one commit cannot grow without bound.
+const MAX_GROUP: usize = 256;
+/// How often pending attributions and retention are looked at when no batch arrives.
+const TICK: Duration = Duration::from_millis(50);
+
+/// What a producer is told once its batch is durable (or why it is not).
+pub type Ack = Result<(), String>;
+
+/// One producer's worth of observations, applied and committed as a unit.
+pub struct Batch {
+    pub observations: Vec<Observation>,
+    pub received: Received,
+    /// For `crosstalk_received_total`: counted only once the batch is durable.
+    pub signal: &'static str,
+    pub transport: &'static str,
+    pub items: u64,
+    pub checkpoint: Option<FileCheckpoint>,
+    pub ack: Option<oneshot::Sender<Ack>>,
+}
+
+/// The queue is full: the producer should shed (503) or wait.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest queue is full")]
+pub struct QueueFull(pub Batch);
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("observations", &self.observations.len())
+            .field("items", &self.items)
+            .finish()
+    }
+}
+
+/// The engine has stopped (shutdown).
+#[derive(Debug, thiserror::Error)]
+#[error("crosstalk is shutting down")]
+pub struct EngineStopped;
+
+/// A cheap, cloneable handle for producers.
+#[derive(Clone)]
+pub struct IngestHandle {
+    tx: SyncSender<Batch>,
+    pushed: Counter,
+    full: Counter,
+}
+
+impl IngestHandle {
+    /// Enqueue without waiting; a full queue hands the batch back.
+    pub fn try_submit(&self, batch: Batch) -> Result<(), Result<QueueFull, EngineStopped>> {
+        match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.pushed.inc();
+                Ok(())
+            }
+            Err(TrySendError::Full(b)) => {
+                self.full.inc();
+                Err(Ok(QueueFull(b)))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Err(EngineStopped)),
+        }
+    }
+
+    /// Enqueue, waiting for room (blocking: call from a blocking thread).
+    pub fn submit(&self, batch: Batch) -> Result<(), EngineStopped> {
+        let batch = match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.pushed.inc();
+                return Ok(());
+            }
+            Err(TrySendError::Full(b)) => {
+                self.full.inc();
+                b
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(EngineStopped),
+        };
+        self.tx.send(batch).map_err(|_| EngineStopped)?;
+        self.pushed.inc();
+        Ok(())
+    }
+}
+
+/// Receives the findings each commit created or grew (alerting, logs).
+pub type NewsSink = Box<dyn FnMut(&[FindingNews], &Engine) + Send>;
+
+/// Stops the engine thread: it takes what is queued, settles what is pending, commits, and
+/// hands the engine back (for `crosstalk check`/`run` to read).
+pub struct EngineControl {
+    stop: Arc<AtomicBool>,
+    join: JoinHandle<Engine>,
+}
+
+impl EngineControl {
+    /// Ask the engine to finish; producers still holding handles are refused from then on.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stop and wait for the engine (blocking).
+    pub fn finish(self) -> Option<Engine> {
+        self.stop();
+        self.join.join().ok()
+    }
+}
+
+/// Start the engine thread. It runs until [`EngineControl::stop`] or until every
+/// [`IngestHandle`] is dropped.
+pub fn spawn(
+    engine: Engine,
+    store: Store,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+    news: Option<NewsSink>,
+) -> (IngestHandle, EngineControl) {
+    let (tx, rx) = sync_channel(capacity);
+    let label = QueueLabels {
+        queue: "ingest".into(),
+    };
+    metrics
+        .queue_capacity
+        .get_or_create(&label)
+        .set(capacity as i64);
+    let handle = IngestHandle {
+        tx,
+        pushed: metrics.queue_pushed.get_or_create(&label).clone(),
+        full: metrics.queue_full.get_or_create(&label).clone(),
+    };
+    let popped = metrics.queue_popped.get_or_create(&label).clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = EngineWorker {
+        engine,
+        store,
+        metrics,
+        popped,
+        news,
+        stop: stop.clone(),
+    };
+    let join = std::thread::Builder::new()
+        .name("crosstalk-engine".into())
+        .spawn(move || worker.run(rx))
+        .expect("spawning the engine thread");
+    (handle, EngineControl { stop, join })
+}
+
+struct EngineWorker {
+    engine: Engine,
+    store: Store,
+    metrics: Arc<Metrics>,
+    popped: Counter,
+    news: Option<NewsSink>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EngineWorker {
+    fn run(mut self, rx: Receiver<Batch>) -> Engine {
+        let mut group: Vec<Batch> = Vec::with_capacity(MAX_GROUP);
+        loop {
+            let stopping = match rx.recv_timeout(TICK) {
+                Ok(batch) => {
+                    group.push(batch);
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(b) => group.push(b),
+                            Err(_) => break,
+                        }
+                    }
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            // Asked to stop: take everything already queued, then finish.
+            let stopping = stopping || {
+                let asked = self.stop.load(Ordering::Acquire);
+                if asked {
+                    group.extend(rx.try_iter());
+                }
+                asked
+            };
+            self.popped.inc_by(group.len() as u64);
+            self.process(&mut group, stopping);
+            if stopping {
+                return self.engine;
+            }
+        }
+    }
+
+    fn process(&mut self, group: &mut Vec<Batch>, stopping: bool) {
+        let mut fx = Effects::default();
+        let mut checkpoints = Vec::new();
+        for batch in group.iter_mut() {
+            let observations = std::mem::take(&mut batch.observations);
+            self.engine.ingest(observations, batch.received, &mut fx);
+            if let Some(c) = batch.checkpoint.take() {
+                checkpoints.retain(|x: &FileCheckpoint| x.path != c.path);
+                checkpoints.push(c);
+            }
+        }
+        let now = Received::now();
+        if stopping {
+            self.engine.settle_all(now, &mut fx);
+        } else {
+            self.engine.tick(now, &mut fx);
+        }
+        let result = self
+            .store
+            .commit(&fx, &checkpoints, now.wall_ns)
+            .map_err(|e| {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "store commit failed; producers are told to retry");
+                e.to_string()
+            });
+        for batch in group.drain(..) {
+            if result.is_ok() {
+                self.metrics
+                    .receive(batch.signal, batch.transport, batch.items);
+            }
+            if let Some(ack) = batch.ack {
+                // A producer that gave up waiting is no error of ours.
+                let _ = ack.send(result.clone());
+            }
+        }
+        if result.is_ok() && !fx.news.is_empty() {
+            for n in &fx.news {
+                if let Some(f) = self.engine.finding(&n.id) {
+                    tracing::warn!(
+                        finding = %f.id, kind = f.kind.as_str(), watch = %f.watch,
+                        service = %f.service, users = f.user_count, new = n.new,
+                        "cross-user leak"
+                    );
+                }
+            }
+            if let Some(news) = self.news.as_mut() {
+                news(&fx.news, &self.engine);
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Reading request bodies within limits: the compressed size is capped while reading, the
+//! decompressed size while inflating, so neither a huge body nor a gzip bomb is ever held whole.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("decompressed body larger than {0} bytes")]
+    DecompressedTooLarge(usize),
+    #[error("unsupported Content-Encoding `{0}` (use gzip or identity)")]
+    UnsupportedEncoding(String),
+    #[error("body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("reading the request body failed: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) | BodyError::DecompressedTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::BadGzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge(_) => "body_too_large",
+            BodyError::DecompressedTooLarge(_) => "decompressed_too_large",
+            BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
+            BodyError::BadGzip(_) => "bad_gzip",
+            BodyError::Read(_) => "read_error",
+        }
+    }
+}
+
+/// Read and, if needed, decompress a request body.
+pub async fn read_body(
+    request: Request<Incoming>,
+    max_body: usize,
+    max_decompressed: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(BodyError::TooLarge(max_body));
+    }
+    let encoding = request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let body = Limited::new(request.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                BodyError::TooLarge(max_body)
+            } else {
+                BodyError::Read(e.to_string())
+            }
+        })?
+        .to_bytes();
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(body),
+        Some("gzip") | Some("x-gzip") => gunzip(&body, max_decompressed),
+        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
+/// Inflate at most `max` bytes; more is an error, found without inflating the rest.
+pub fn gunzip(data: &[u8], max: usize) -> Result<Bytes, BodyError> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BodyError::BadGzip(e.to_string()))?;
+    if out.len() > max {
+        return Err(BodyError::DecompressedTooLarge(max));
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        assert!(bomb.len() < 100 << 10, "a real bomb: small in, large out");
+        let err = gunzip(&bomb, 1 << 20).unwrap_err();
+        assert!(matches!(err, BodyError::DecompressedTooLarge(_)));
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn gzip_round_trips_and_garbage_is_bad_request() {
+        assert_eq!(&gunzip(&gzip(b"hello"), 10).unwrap()[..], b"hello");
+        let err = gunzip(b"not gzip", 10).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+}

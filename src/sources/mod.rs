@@ -1,0 +1,82 @@
+//! Sources: where observations come in.
+//!
+//! - [`otlp_http`]: OTLP/HTTP `/v1/traces`, `/v1/logs` and the NDJSON `/v1/events` endpoint;
+//! - [`otlp_grpc`]: OTLP/gRPC `TraceService/Export` and `LogsService/Export`;
+//! - [`events_file`]: tails WebSocket event logs with checkpointed offsets.
+//!
+//! Every source normalizes in its own task and submits through [`submit_and_wait`], which
+//! answers only once the batch is durable.
+
+pub mod body;
+pub mod events_file;
+pub mod otlp_grpc;
+pub mod otlp_http;
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::correlate::Received;
+use crate::normalize::{Extractor, Observation, Tally};
+use crate::pipeline::{Batch, IngestHandle};
+use crate::sinks::metrics::Metrics;
+
+/// What every network source shares.
+pub struct IngestContext {
+    pub ingest: IngestHandle,
+    pub extractor: Arc<Extractor>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("crosstalk is overloaded; retry later")]
+    QueueFull,
+    #[error("crosstalk is shutting down")]
+    Stopped,
+    #[error("could not make the batch durable: {0}")]
+    Store(String),
+}
+
+impl IngestContext {
+    /// Count a payload's per-item rejections under `source`.
+    pub fn count_rejections(&self, source: &str, tally: &Tally) {
+        for (reason, n) in &tally.rejected {
+            self.metrics.reject(source, reason.as_str(), *n);
+        }
+    }
+
+    /// Enqueue without waiting for room, then wait until the batch is durable.
+    pub async fn submit_and_wait(
+        &self,
+        observations: Vec<Observation>,
+        received: Received,
+        signal: &'static str,
+        transport: &'static str,
+        items: u64,
+    ) -> Result<(), SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            observations,
+            received,
+            signal,
+            transport,
+            items,
+            checkpoint: None,
+            ack: Some(tx),
+        };
+        match self.ingest.try_submit(batch) {
+            Ok(()) => {}
+            Err(Ok(_full)) => return Err(SubmitError::QueueFull),
+            Err(Err(_stopped)) => return Err(SubmitError::Stopped),
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::Stopped),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! OTLP/gRPC: `TraceService/Export` and `LogsService/Export`, gzip accepted.
+//!
+//! A full ingest queue answers `UNAVAILABLE` with a `RetryInfo` detail, which OTLP exporters
+//! treat as retryable after the given delay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{IngestContext, SubmitError};
+use crate::correlate::Received;
+use crate::normalize::{Tally, otlp};
+
+const SOURCE: &str = "otlp_grpc";
+
+/// The gRPC services.
+#[derive(Clone)]
+pub struct OtlpGrpc {
+    ctx: Arc<IngestContext>,
+}
+
+impl OtlpGrpc {
+    pub fn new(ctx: Arc<IngestContext>) -> Self {
+        OtlpGrpc { ctx }
+    }
+
+    fn refuse(&self, e: SubmitError) -> Status {
+        let reason = match e {
+            SubmitError::QueueFull => "queue_full",
+            SubmitError::Stopped => "shutting_down",
+            SubmitError::Store(_) => "store_error",
+        };
+        self.ctx.metrics.reject(SOURCE, reason, 1);
+        Status::with_error_details(
+            Code::Unavailable,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let obs = otlp::observe_traces(
+            request.get_ref(),
+            &self.ctx.extractor,
+            received.wall_ns,
+            &mut tally,
+        );
+        self.ctx
+            .submit_and_wait(obs, received, "traces", "grpc", tally.accepted())
+            .await
+            .map_err(|e| self.refuse(e))?;
+        self.ctx.count_rejections(SOURCE, &tally);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: tally.rejected_total() as i64,
+                error_message: tally.first_error.clone().unwrap_or_default(),
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let obs = otlp::observe_logs(
+            request.get_ref(),
+            &self.ctx.extractor,
+            received.wall_ns,
+            &mut tally,
+        );
+        self.ctx
+            .submit_and_wait(obs, received, "logs", "grpc", tally.accepted())
+            .await
+            .map_err(|e| self.refuse(e))?;
+        self.ctx.count_rejections(SOURCE, &tally);
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: tally.rejected_total() as i64,
+                error_message: tally.first_error.clone().unwrap_or_default(),
+            }),
+        }))
+    }
+}
+
+/// Serve both services on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    service: OtlpGrpc,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let max = service.ctx.limits.max_decompressed_bytes;
+    let traces = TraceServiceServer::new(service.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max);
+    let logs = LogsServiceServer::new(service)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max);
+    tonic::transport::Server::builder()
+        .add_service(traces)
+        .add_service(logs)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// The address a gRPC client should dial.
+pub fn endpoint(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
