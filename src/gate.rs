@@ -283,7 +283,7 @@ mod tests {
         let path = dir.path().join("bad.jsonl");
         std::fs::write(&path, "{\"user_id\":\"a\"}\n\n{oops\n").unwrap();
         let name = path.to_string_lossy().into_owned();
-        let err = check_files(&Config::default_config(), &[name.clone()]).unwrap_err();
+        let err = check_files(&Config::default_config(), std::slice::from_ref(&name)).unwrap_err();
         assert_eq!((err.file.as_str(), err.line), (name.as_str(), 3));
     }
 }

@@ -42,10 +42,15 @@ pub struct Batch {
     pub ack: Option<oneshot::Sender<Ack>>,
 }
 
-/// The queue is full: the producer should shed (503) or wait.
-#[derive(Debug, thiserror::Error)]
-#[error("ingest queue is full")]
-pub struct QueueFull(pub Batch);
+/// Why a batch was not queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: shed (503 / `UNAVAILABLE`) and let the client retry.
+    #[error("ingest queue is full")]
+    Full,
+    #[error("crosstalk is shutting down")]
+    Stopped,
+}
 
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,18 +75,18 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    /// Enqueue without waiting; a full queue hands the batch back.
-    pub fn try_submit(&self, batch: Batch) -> Result<(), Result<QueueFull, EngineStopped>> {
+    /// Enqueue without waiting.
+    pub fn try_submit(&self, batch: Batch) -> Result<(), Refused> {
         match self.tx.try_send(batch) {
             Ok(()) => {
                 self.pushed.inc();
                 Ok(())
             }
-            Err(TrySendError::Full(b)) => {
+            Err(TrySendError::Full(_)) => {
                 self.full.inc();
-                Err(Ok(QueueFull(b)))
+                Err(Refused::Full)
             }
-            Err(TrySendError::Disconnected(_)) => Err(Err(EngineStopped)),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
         }
     }
 

@@ -137,10 +137,12 @@ pub fn rfc3339(ns: u64) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-/// RFC 3339 text as Unix nanoseconds.
+/// RFC 3339 text as Unix nanoseconds; times before the epoch are refused, times past 2262
+/// (where nanoseconds leave `i64`, the store's integer) saturate.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    u64::try_from(t.unix_timestamp_nanos()).ok()
+    let ns = t.unix_timestamp_nanos();
+    (ns >= 0).then(|| ns.min(i64::MAX as i128) as u64)
 }
 
 /// Now, in Unix nanoseconds.

@@ -170,7 +170,7 @@ fn parse_time(value: &Value) -> Option<u64> {
 fn epoch_seconds_to_ns(text: &str) -> Option<u64> {
     if text.contains(['e', 'E', '-']) {
         let secs: f64 = text.parse().ok()?;
-        return (secs.is_finite() && (0.0..1.0e10).contains(&secs)).then(|| (secs * 1e9) as u64);
+        return (secs.is_finite() && (0.0..1.0e10).contains(&secs)).then_some((secs * 1e9) as u64);
     }
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     let whole: u64 = whole.parse().ok()?;

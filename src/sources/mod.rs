@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::config::Limits;
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally};
-use crate::pipeline::{Batch, IngestHandle};
+use crate::pipeline::{Batch, IngestHandle, Refused};
 use crate::sinks::metrics::Metrics;
 
 /// What every network source shares.
@@ -70,8 +70,8 @@ impl IngestContext {
         };
         match self.ingest.try_submit(batch) {
             Ok(()) => {}
-            Err(Ok(_full)) => return Err(SubmitError::QueueFull),
-            Err(Err(_stopped)) => return Err(SubmitError::Stopped),
+            Err(Refused::Full) => return Err(SubmitError::QueueFull),
+            Err(Refused::Stopped) => return Err(SubmitError::Stopped),
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
