@@ -3,5 +3,7 @@
 mod util;
 
 mod cli;
+mod durability;
+mod e2e;
 mod events;
 mod otlp;

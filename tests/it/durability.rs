@@ -1,0 +1,140 @@
+//! Durability and bounds: acknowledged state survives kill -9, restart never re-finds, the
+//! tracked-instance cap holds under a flood, SIGTERM under load exits cleanly within the grace.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Trials of the kill -9 loop; `scripts/stress-kill9` runs it with 100.
+fn trials() -> usize {
+    std::env::var("CROSSTALK_KILL9_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[test]
+fn acknowledged_binding_survives_kill_9_every_time() {
+    let n = trials();
+    let mut survived = 0;
+    for trial in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let factory = format!("factory-{trial}");
+        let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
+        let r = s.post_traces(&factory_use("alice", &factory, 1));
+        assert_eq!(r.status, 200);
+        s.kill9();
+        let s = Server::start_in(dir.path(), FACTORY_WATCH);
+        assert_eq!(s.post_traces(&factory_use("bob", &factory, 2)).status, 200);
+        let f = s.findings();
+        if f.len() == 1 && f[0]["users"] == serde_json::json!(["alice", "bob"]) {
+            survived += 1;
+        }
+    }
+    println!("kill -9 trials: survived {survived}/{n}");
+    assert_eq!(survived, n);
+}
+
+#[test]
+fn an_instance_found_before_a_restart_is_not_found_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
+    s.post_traces(&factory_use("alice", "f", 1));
+    s.post_traces(&factory_use("bob", "f", 2));
+    assert_eq!(s.findings().len(), 1);
+    s.kill9();
+    let s = Server::start_in(dir.path(), FACTORY_WATCH);
+    assert_eq!(get(&s.admin_url("/ready")).status, 200);
+    assert_eq!(s.findings().len(), 1, "findings are restored");
+    s.post_traces(&factory_use("alice", "f", 3));
+    s.post_traces(&factory_use("carol", "f", 4));
+    let f = s.findings();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob", "carol"]));
+    let found = s.metric(r#"crosstalk_findings_total{type="shared_instance",watch="agent_factory",service="agent-backend"}"#);
+    assert_eq!(found, 0.0, "no new finding was raised after the restart");
+}
+
+#[test]
+fn flood_of_unique_ids_never_tracks_more_than_the_cap() {
+    let cap = 100_000;
+    let per_request = 5_000;
+    let requests = 400; // 2,000,000 unique instance ids
+    let s = Server::start(&format!(
+        "[limits]\nmax_tracked_instances = {cap}\n{FACTORY_WATCH}"
+    ));
+    let mut max_seen = 0.0f64;
+    for r in 0..requests {
+        let spans = (0..per_request)
+            .map(|i| {
+                let id = format!("f{r:04}-{i:05}");
+                span(
+                    (r * per_request + i) as u128 + 1,
+                    1,
+                    &[("user.id", "u"), ("agent_factory.instance_id", &id)],
+                )
+            })
+            .collect();
+        let reply = s.post_traces(&traces("svc", "p", spans));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if r % 20 == 0 || r == requests - 1 {
+            let tracked = s.metric(r#"crosstalk_tracked_instances{watch="agent_factory"}"#);
+            assert!(tracked <= cap as f64, "tracked {tracked} > cap {cap}");
+            max_seen = max_seen.max(tracked);
+        }
+    }
+    let evicted = s.metric(r#"crosstalk_evicted_total{watch="agent_factory",reason="capacity"}"#);
+    let tracked = s.metric(r#"crosstalk_tracked_instances{watch="agent_factory"}"#);
+    assert_eq!(
+        evicted + tracked,
+        (requests * per_request) as f64,
+        "every instance is tracked or counted as evicted"
+    );
+    assert!(
+        max_seen > (cap / 2) as f64,
+        "the cap was actually reached: {max_seen}"
+    );
+}
+
+#[test]
+fn sigterm_under_load_exits_0_within_the_grace() {
+    let mut s = Server::start(&format!("[shutdown]\ngrace = \"3s\"\n{FACTORY_WATCH}"));
+    let url = s.http_url("/v1/traces");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|t| {
+            let url = url.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use prost::Message;
+                let mut i = 0u128;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let req = factory_use("alice", &format!("f{t}-{i}"), i + 1);
+                    // Refused connections are expected once the listener closes.
+                    let _ = std::panic::catch_unwind(|| {
+                        post(
+                            &url,
+                            &[("content-type", "application/x-protobuf")],
+                            &req.encode_to_vec(),
+                        )
+                    });
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, took) = s.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    assert_eq!(status.code(), Some(0), "{}", s.stderr());
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(s.stderr().contains("stopped"));
+}
