@@ -6,4 +6,5 @@ mod cli;
 mod durability;
 mod e2e;
 mod events;
+mod gate;
 mod otlp;
