@@ -11,10 +11,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Admin;
-use crate::config::Config;
+use crate::config::{Config, UserIds};
 use crate::correlate::Engine;
 use crate::normalize::Extractor;
 use crate::pipeline::{self, EngineControl};
+use crate::privacy::Pseudonymizer;
+use crate::sinks::alertmanager::AlertSender;
 use crate::sinks::metrics::Metrics;
 use crate::sources::IngestContext;
 use crate::sources::events_file::Tailer;
@@ -27,6 +29,8 @@ use crate::store::{Store, StoreError, StoreReader};
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::privacy::KeyError),
     #[error("cannot listen on {name} address {addr}: {source}")]
     Bind {
         name: &'static str,
@@ -55,6 +59,15 @@ pub struct App {
     grace: Duration,
 }
 
+/// The HMAC key: from config, else generated once into the storage directory.
+pub fn pseudonymizer(config: &Config) -> Result<Pseudonymizer, crate::privacy::KeyError> {
+    Pseudonymizer::load(
+        config.privacy.hmac_key.as_deref(),
+        config.privacy.hmac_key_file.as_deref(),
+        &config.storage_dir,
+    )
+}
+
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -76,7 +89,17 @@ impl App {
         .await
         .expect("store task panicked")?;
         let reader = Arc::new(store.reader()?);
+        let pseudonyms = pseudonymizer(&config)?;
+        let store = if config.alertmanager.is_some() {
+            store.with_alerting()
+        } else {
+            store
+        };
+        let db_path = store.dir().join("crosstalk.db");
         let mut engine = Engine::new(&config, metrics.clone());
+        if config.privacy.user_ids == UserIds::Hmac {
+            engine = engine.with_pseudonyms(pseudonyms.clone());
+        }
         engine.restore(restored);
         tracing::info!(instances = engine.tracked_instances(), "state restored");
         let (ingest, engine) = pipeline::spawn(
@@ -136,6 +159,21 @@ impl App {
             shutdown.clone(),
             grace,
         ));
+
+        if let Some(am) = &config.alertmanager {
+            let sender = AlertSender {
+                findings_base: am
+                    .external_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", addrs.admin)),
+                config: am.clone(),
+                db_path,
+                pseudonyms,
+                user_ids: config.privacy.user_ids,
+                metrics: metrics.clone(),
+            };
+            servers.spawn(sender.run(shutdown.clone()));
+        }
 
         let mut tailers = Vec::new();
         for path in &config.events.files {

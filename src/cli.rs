@@ -35,6 +35,12 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the pseudonym alerts and logs (and, in `hmac` mode, the API) use for a user id.
+    UserHash {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        id: String,
+    },
     /// Print or validate configuration.
     Config {
         #[command(subcommand)]
@@ -95,6 +101,22 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(config) => runtime().block_on(serve(config)),
             Err(code) => code,
         },
+        Command::UserHash { config, id } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::app::pseudonymizer(&config) {
+                Ok(p) => {
+                    println!("{}", p.pseudonym(&id));
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("crosstalk: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
         Command::Config {
             action: ConfigAction::Default,
         } => {

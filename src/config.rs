@@ -55,6 +55,12 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     shutdown: RawShutdown,
+    #[serde(default)]
+    privacy: RawPrivacy,
+    #[serde(default)]
+    alertmanager: Option<RawAlertmanager>,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default, rename = "watch")]
     watches: Vec<RawWatch>,
 }
@@ -224,6 +230,61 @@ impl Default for RawShutdown {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPrivacy {
+    user_ids: String,
+    hmac_key: Option<String>,
+    hmac_key_file: Option<PathBuf>,
+}
+
+impl Default for RawPrivacy {
+    fn default() -> Self {
+        Self {
+            user_ids: "raw".into(),
+            hmac_key: None,
+            hmac_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertmanager {
+    url: String,
+    #[serde(default = "default_resend")]
+    resend_interval: String,
+    #[serde(default = "default_resolve_after")]
+    resolve_after: String,
+    #[serde(default = "default_runbook")]
+    runbook_url: String,
+    #[serde(default)]
+    external_url: Option<String>,
+    #[serde(default = "default_alert_timeout")]
+    timeout: String,
+}
+
+fn default_resend() -> String {
+    "60s".into()
+}
+fn default_resolve_after() -> String {
+    "15m".into()
+}
+fn default_runbook() -> String {
+    "https://github.com/crosstalk-dev/crosstalk/blob/main/deploy/README.md#runbook".into()
+}
+fn default_alert_timeout() -> String {
+    "5s".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    otlp_token_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    admin_insecure: bool,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWatch {
     name: String,
@@ -269,7 +330,48 @@ pub struct Config {
     pub limits: Limits,
     pub events: Events,
     pub shutdown_grace: Duration,
+    pub privacy: Privacy,
+    pub alertmanager: Option<Alertmanager>,
+    pub auth: Auth,
     pub watches: Vec<Watch>,
+}
+
+/// Where raw user ids may appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserIds {
+    /// Raw ids in the store and the (authenticated) findings API; pseudonyms in logs and alerts.
+    Raw,
+    /// Pseudonyms everywhere, store and API included.
+    Hmac,
+}
+
+#[derive(Debug, Clone)]
+pub struct Privacy {
+    pub user_ids: UserIds,
+    pub hmac_key: Option<String>,
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+/// Direct push of findings to Alertmanager's API v2.
+#[derive(Debug, Clone)]
+pub struct Alertmanager {
+    /// Base URL, e.g. `http://127.0.0.1:9093`.
+    pub url: String,
+    pub resend_interval: Duration,
+    pub resolve_after: Duration,
+    pub runbook_url: String,
+    /// Base URL under which the findings API is reachable for people; default: the admin address.
+    pub external_url: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Bearer tokens for the listeners.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub otlp_token_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow a non-loopback admin listener without a token.
+    pub admin_insecure: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -581,8 +683,70 @@ impl RawConfig {
         if watches.len() > u16::MAX as usize {
             return Err(invalid("watch", "too many watches"));
         }
+        let privacy = Privacy {
+            user_ids: match self.privacy.user_ids.as_str() {
+                "raw" => UserIds::Raw,
+                "hmac" => UserIds::Hmac,
+                other => {
+                    return Err(invalid(
+                        "privacy.user_ids",
+                        format!("`{other}` is not one of: raw, hmac"),
+                    ));
+                }
+            },
+            hmac_key: self.privacy.hmac_key.filter(|k| !k.is_empty()),
+            hmac_key_file: self.privacy.hmac_key_file,
+        };
+        let alertmanager = match self.alertmanager {
+            None => None,
+            Some(am) => {
+                let uri: http::Uri = am.url.parse().map_err(|e| {
+                    invalid(
+                        "alertmanager.url",
+                        format!("`{}` is not a URL ({e})", am.url),
+                    )
+                })?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err(invalid(
+                        "alertmanager.url",
+                        format!("`{}` must be an http:// URL with a host", am.url),
+                    ));
+                }
+                Some(Alertmanager {
+                    url: am.url.trim_end_matches('/').to_owned(),
+                    resend_interval: parse_duration(
+                        "alertmanager.resend_interval",
+                        &am.resend_interval,
+                    )?,
+                    resolve_after: parse_duration("alertmanager.resolve_after", &am.resolve_after)?,
+                    runbook_url: am.runbook_url,
+                    external_url: am.external_url.map(|u| u.trim_end_matches('/').to_owned()),
+                    timeout: parse_duration("alertmanager.timeout", &am.timeout)?,
+                })
+            }
+        };
+        let auth = Auth {
+            otlp_token_file: self.auth.otlp_token_file,
+            admin_token_file: self.auth.admin_token_file,
+            admin_insecure: self.auth.admin_insecure,
+        };
+        if !listen.admin.ip().is_loopback()
+            && auth.admin_token_file.is_none()
+            && !auth.admin_insecure
+        {
+            return Err(invalid(
+                "listen.admin",
+                format!(
+                    "{} is not a loopback address and the findings API holds user ids: set auth.admin_token_file, or auth.admin_insecure = true to accept the risk",
+                    listen.admin
+                ),
+            ));
+        }
         Ok(Config {
             listen,
+            privacy,
+            alertmanager,
+            auth,
             storage_dir: self.storage.dir,
             identity: Identity {
                 user_attributes: self.identity.user_attributes,

@@ -38,6 +38,14 @@ pub struct InputError {
 pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, InputError> {
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(config, metrics);
+    if config.privacy.user_ids == crate::config::UserIds::Hmac {
+        let key = crate::app::pseudonymizer(config).map_err(|e| InputError {
+            file: config.storage_dir.display().to_string(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        engine = engine.with_pseudonyms(key);
+    }
     let extractor = Extractor::new(config);
     let mut fx = Effects::default();
     for name in files {

@@ -22,6 +22,7 @@ pub mod gate;
 pub mod http;
 pub mod normalize;
 pub mod pipeline;
+pub mod privacy;
 pub mod sinks;
 pub mod sources;
 pub mod store;

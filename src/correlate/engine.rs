@@ -15,6 +15,7 @@ use super::attribution::{Parked, Pending, Received, TraceUsers};
 use super::finding::{Evidence, Finding, FindingKind, finding_id, rfc3339};
 use crate::config::{Boundary, Config, Policy, Scope, Watch};
 use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
+use crate::privacy::Pseudonymizer;
 use crate::sinks::metrics::{
     EvictLabels, FindingLabels, Metrics, TraceExemplar, WatchLabels, WatchServiceLabels,
 };
@@ -161,6 +162,9 @@ pub struct Engine {
     last_sweep_ns: u64,
     metrics: Arc<Metrics>,
     counters: Vec<WatchCounters>,
+    /// In `hmac` privacy mode: users and tenants are replaced by pseudonyms before they are
+    /// bound, so neither the store nor the API ever holds a raw id.
+    pseudonyms: Option<Pseudonymizer>,
 }
 
 impl Engine {
@@ -195,7 +199,14 @@ impl Engine {
             last_sweep_ns: 0,
             metrics,
             counters,
+            pseudonyms: None,
         }
+    }
+
+    /// Bind pseudonyms instead of raw user and tenant ids (`[privacy] user_ids = "hmac"`).
+    pub fn with_pseudonyms(mut self, pseudonyms: Pseudonymizer) -> Self {
+        self.pseudonyms = Some(pseudonyms);
+        self
     }
 
     /// Instances currently tracked.
@@ -240,7 +251,32 @@ impl Engine {
         self.scope_index.insert(resource.scope_key.clone(), i);
         let attrs = serde_json::to_string(&resource.identity).unwrap_or_default();
         fx.scopes.push((resource.scope_key.clone(), attrs));
+        self.zero_series(resource.service());
         i
+    }
+
+    /// Export the finding counters of a newly seen service at 0, so that its first finding is an
+    /// increase Prometheus can see rather than a series born at 1.
+    fn zero_series(&self, service: &str) {
+        let kinds = self
+            .watches
+            .iter()
+            .map(|w| (FindingKind::SharedInstance, w.name.as_str()))
+            .chain([(FindingKind::MisdeliveredEvent, DELIVERY_WATCH)]);
+        for (kind, watch) in kinds {
+            let _ = self.metrics.findings.get_or_create(&FindingLabels {
+                r#type: kind.as_str().into(),
+                watch: watch.into(),
+                service: service.into(),
+            });
+            let _ = self
+                .metrics
+                .affected_users
+                .get_or_create(&WatchServiceLabels {
+                    watch: watch.into(),
+                    service: service.into(),
+                });
+        }
     }
 
     /// Load what the store remembers. Bindings of watches no longer configured are ignored.
@@ -411,7 +447,13 @@ impl Engine {
     }
 
     /// Resolve the observation's user and tenant (own, trace, resource) and apply it.
-    fn settle(&mut self, obs: Observation, received: Received, now: Received, fx: &mut Effects) {
+    fn settle(
+        &mut self,
+        mut obs: Observation,
+        received: Received,
+        now: Received,
+        fx: &mut Effects,
+    ) {
         let trace = obs.trace_id.and_then(|t| self.traces.get(&t)).cloned();
         let user: Option<Arc<str>> = obs
             .user
@@ -425,6 +467,17 @@ impl Engine {
             .map(Arc::from)
             .or_else(|| trace.as_ref().and_then(|t| t.tenant.clone()))
             .or_else(|| obs.resource.tenant.as_deref().map(Arc::from));
+        if let Some(p) = &self.pseudonyms {
+            let hide = |id: Option<Arc<str>>| id.map(|i| Arc::from(p.pseudonym(&i)));
+            let (user, tenant) = (hide(user), hide(tenant));
+            if let Some(d) = obs.delivery.as_deref_mut() {
+                d.connection_user = d.connection_user.take().map(|u| p.pseudonym(&u).into());
+                d.connection_tenant = d.connection_tenant.take().map(|t| p.pseudonym(&t).into());
+            }
+            obs.user = None;
+            obs.tenant = None;
+            return self.apply(&obs, user, tenant, received, now, fx);
+        }
         self.apply(&obs, user, tenant, received, now, fx);
     }
 
@@ -658,7 +711,11 @@ impl Engine {
             finding.add_evidence(self.evidence(&u.user, u.tenant.as_deref(), u.first, None));
         }
         // The observation that made the conflict, unless it is some user's first use already.
-        finding.add_evidence(self.evidence(current_user, obs.tenant.as_deref(), seed, None));
+        let current_tenant = uses
+            .iter()
+            .find(|u| &*u.user == current_user)
+            .and_then(|u| u.tenant.as_deref());
+        finding.add_evidence(self.evidence(current_user, current_tenant, seed, None));
         if finding.cross_tenant {
             finding.severity = "critical".into();
         }

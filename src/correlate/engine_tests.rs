@@ -572,3 +572,44 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
     );
     assert_eq!(third.findings().len(), 1);
 }
+
+#[test]
+fn hmac_mode_binds_pseudonyms_only() {
+    let cfg = config("exclusive", "process", "user");
+    let p = Pseudonymizer::new(b"key");
+    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new())).with_pseudonyms(p.clone());
+    let mut fx = Effects::default();
+    engine.ingest(
+        vec![
+            obs(Some("alice"), Some("acme"), "f", 1, 2, "p"),
+            obs(Some("bob"), None, "f", 3, 4, "p"),
+        ],
+        at(10),
+        &mut fx,
+    );
+    engine.ingest(vec![delivery("carol", "dave", "c1")], at(10), &mut fx);
+    let text = format!("{:?}{:?}", fx.bindings, fx.findings);
+    for raw in ["alice", "bob", "carol", "dave", "acme"] {
+        assert!(
+            !text.contains(raw),
+            "raw id `{raw}` reached the store: {text}"
+        );
+    }
+    let shared = engine
+        .findings()
+        .into_iter()
+        .find(|f| f.kind == FindingKind::SharedInstance)
+        .unwrap()
+        .clone();
+    assert_eq!(shared.users, [p.pseudonym("alice"), p.pseudonym("bob")]);
+    let misdelivered = engine
+        .findings()
+        .into_iter()
+        .find(|f| f.kind == FindingKind::MisdeliveredEvent)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        misdelivered.users,
+        [p.pseudonym("carol"), p.pseudonym("dave")]
+    );
+}

@@ -32,30 +32,49 @@ pub fn value_as_id(value: &Option<AnyValue>) -> Option<Cow<'_, str>> {
 /// The process identity and resource-level user/tenant of an OTLP resource.
 pub fn resource_of(resource: Option<&ProtoResource>, ex: &Extractor) -> Arc<Resource> {
     let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-    let mut scan = AttributeScan::default();
-    let mut identity = BTreeMap::new();
-    let mut fallback = BTreeMap::new();
+    let mut builder = ResourceBuilder::default();
     for kv in attrs.iter().take(ex.max_attributes) {
-        let value = value_as_id(&kv.value);
-        if Resource::IDENTITY_KEYS.contains(&kv.key.as_str()) {
-            if let Some(v) = &value {
-                identity.insert(kv.key.clone(), truncate(v, ex.max_id_bytes));
+        builder.offer(ex, &kv.key, value_as_id(&kv.value).as_deref());
+    }
+    builder.finish()
+}
+
+/// [`resource_of`] one attribute at a time, so that the zero-copy reader
+/// ([`super::otlp_fast`]) shares its rules instead of restating them. The caller stops offering
+/// after `max_attributes`.
+#[derive(Default)]
+pub(crate) struct ResourceBuilder {
+    scan: AttributeScan,
+    identity: BTreeMap<String, String>,
+    fallback: BTreeMap<String, String>,
+}
+
+impl ResourceBuilder {
+    pub fn offer(&mut self, ex: &Extractor, key: &str, value: Option<&str>) {
+        if Resource::IDENTITY_KEYS.contains(&key) {
+            if let Some(v) = value {
+                self.identity
+                    .insert(key.to_owned(), truncate(v, ex.max_id_bytes));
             }
-        } else if Resource::FALLBACK_KEYS.contains(&kv.key.as_str()) {
-            if let Some(v) = &value {
-                fallback.insert(kv.key.clone(), truncate(v, ex.max_id_bytes));
+        } else if Resource::FALLBACK_KEYS.contains(&key) {
+            if let Some(v) = value {
+                self.fallback
+                    .insert(key.to_owned(), truncate(v, ex.max_id_bytes));
             }
         }
-        scan.offer(ex, &kv.key, value.as_deref());
+        self.scan.offer(ex, key, value);
     }
-    if !identity.contains_key("service.instance.id") {
-        identity.extend(fallback);
+
+    pub fn finish(mut self) -> Arc<Resource> {
+        if !self.identity.contains_key("service.instance.id") {
+            self.identity.extend(self.fallback);
+        }
+        Arc::new(Resource::from_identity(
+            self.identity,
+            self.scan.user(),
+            self.scan.tenant(),
+        ))
     }
-    Arc::new(Resource::from_identity(
-        identity,
-        scan.user(),
-        scan.tenant(),
-    ))
 }
 
 fn truncate(value: &str, max: usize) -> String {
@@ -82,44 +101,76 @@ pub fn observe_traces(
         let resource = resource_of(rs.resource.as_ref(), ex);
         for ss in &rs.scope_spans {
             for span in &ss.spans {
-                tally.items += 1;
                 let mut scan = AttributeScan::default();
                 for kv in span.attributes.iter().take(ex.max_attributes) {
                     scan.offer(ex, &kv.key, value_as_id(&kv.value).as_deref());
                 }
-                if scan.too_long {
-                    tally.reject(RejectReason::IdTooLong, || {
-                        format!(
-                            "span id or user attribute longer than {} bytes",
-                            ex.max_id_bytes
-                        )
-                    });
-                    continue;
-                }
-                let start_ns = if span.start_time_unix_nano == 0 {
-                    received_ns
-                } else {
-                    span.start_time_unix_nano
+                let facts = SpanFacts {
+                    trace_id: &span.trace_id,
+                    span_id: &span.span_id,
+                    start_time_unix_nano: span.start_time_unix_nano,
+                    end_time_unix_nano: span.end_time_unix_nano,
                 };
-                let obs = Observation {
-                    signal: Signal::Span,
-                    start_ns,
-                    end_ns: span.end_time_unix_nano.max(start_ns),
-                    trace_id: TraceId::from_bytes(&span.trace_id),
-                    span_id: SpanId::from_bytes(&span.span_id),
-                    resource: resource.clone(),
-                    user: scan.user(),
-                    tenant: scan.tenant(),
-                    watched: scan.watched,
-                    delivery: None,
-                };
-                if worth_keeping(&obs) {
-                    out.push(obs);
-                }
+                out.extend(span_observation(
+                    scan,
+                    &facts,
+                    &resource,
+                    ex,
+                    received_ns,
+                    tally,
+                ));
             }
         }
     }
     out
+}
+
+/// The fields of a span, besides its attributes, that normalization reads.
+pub(crate) struct SpanFacts<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+}
+
+/// Count one span and turn its scanned attributes into an observation, unless it is rejected or
+/// of no use. Shared with the zero-copy reader so both paths apply the same rules.
+pub(crate) fn span_observation(
+    mut scan: AttributeScan,
+    span: &SpanFacts<'_>,
+    resource: &Arc<Resource>,
+    ex: &Extractor,
+    received_ns: u64,
+    tally: &mut Tally,
+) -> Option<Observation> {
+    tally.items += 1;
+    if scan.too_long {
+        tally.reject(RejectReason::IdTooLong, || {
+            format!(
+                "span id or user attribute longer than {} bytes",
+                ex.max_id_bytes
+            )
+        });
+        return None;
+    }
+    let start_ns = if span.start_time_unix_nano == 0 {
+        received_ns
+    } else {
+        span.start_time_unix_nano
+    };
+    let obs = Observation {
+        signal: Signal::Span,
+        start_ns,
+        end_ns: span.end_time_unix_nano.max(start_ns),
+        trace_id: TraceId::from_bytes(span.trace_id),
+        span_id: SpanId::from_bytes(span.span_id),
+        resource: resource.clone(),
+        user: scan.user(),
+        tenant: scan.tenant(),
+        watched: scan.watched,
+        delivery: None,
+    };
+    worth_keeping(&obs).then_some(obs)
 }
 
 /// Observations of every usable log record. A record that carries the WebSocket event fields

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub queue_full: Family<QueueLabels, Counter>,
     pub queue_capacity: Family<QueueLabels, Gauge>,
     pub store_errors: Counter,
+    pub alerts_sent: Counter,
+    pub alert_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -175,6 +177,18 @@ impl Metrics {
             "Failed commits to the embedded store",
             store_errors.clone(),
         );
+        let alerts_sent = Counter::default();
+        registry.register(
+            "crosstalk_alerts_sent",
+            "Alerts (firing or resolved) accepted by Alertmanager",
+            alerts_sent.clone(),
+        );
+        let alert_failures = Counter::default();
+        registry.register(
+            "crosstalk_alert_failures",
+            "Alert deliveries that failed and will be retried",
+            alert_failures.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "crosstalk_build_info",
@@ -202,6 +216,8 @@ impl Metrics {
             queue_full,
             queue_capacity,
             store_errors,
+            alerts_sent,
+            alert_failures,
         }
     }
 

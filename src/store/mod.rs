@@ -54,6 +54,15 @@ const MIGRATIONS: &[&str] = &[
         path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,
         offset INTEGER NOT NULL, updated_ns INTEGER NOT NULL
      );",
+    // 2: the durable alert outbox (one row per finding; Alertmanager dedups by labels).
+    "CREATE TABLE alert_outbox (
+        finding_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,            -- firing | resolved
+        due_ns INTEGER NOT NULL,        -- next send attempt
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_sent_ns INTEGER
+     );
+     CREATE INDEX alert_outbox_due ON alert_outbox (due_ns);",
 ];
 
 /// How far a tailed file has been read and committed.
@@ -83,6 +92,8 @@ fn open_connection(dir: &Path) -> Result<Connection, StoreError> {
 pub struct Store {
     conn: Connection,
     dir: PathBuf,
+    /// Queue an alert for every new or grown finding, in the same transaction.
+    alerting: bool,
 }
 
 impl Store {
@@ -106,7 +117,19 @@ impl Store {
         Ok(Store {
             conn,
             dir: dir.to_owned(),
+            alerting: false,
         })
+    }
+
+    /// Queue alerts for findings from now on (Alertmanager push is configured).
+    pub fn with_alerting(mut self) -> Self {
+        self.alerting = true;
+        self
+    }
+
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A reader on the same database, for the API.
@@ -203,7 +226,7 @@ impl Store {
         checkpoints: &[FileCheckpoint],
         now_ns: u64,
     ) -> Result<(), StoreError> {
-        if fx.is_empty() && checkpoints.is_empty() {
+        if fx.is_empty() && fx.news.is_empty() && checkpoints.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
@@ -269,6 +292,23 @@ impl Store {
                     c.offset as i64,
                     now_ns as i64
                 ])?;
+            }
+            if self.alerting {
+                // New or grown: send now. Merely used again: re-arm only if it had resolved.
+                let mut news = tx.prepare_cached(
+                    "INSERT INTO alert_outbox (finding_id, state, due_ns, attempts) VALUES (?1, 'firing', ?2, 0)
+                     ON CONFLICT (finding_id) DO UPDATE SET state = 'firing', due_ns = ?2, attempts = 0",
+                )?;
+                for n in &fx.news {
+                    news.execute(params![n.id, now_ns as i64])?;
+                }
+                let mut rearm = tx.prepare_cached(
+                    "UPDATE alert_outbox SET state = 'firing', due_ns = ?2, attempts = 0
+                     WHERE finding_id = ?1 AND state = 'resolved'",
+                )?;
+                for r in &fx.findings {
+                    rearm.execute(params![r.finding.id, now_ns as i64])?;
+                }
             }
         }
         tx.commit()?;

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod alerting;
 mod cli;
 mod durability;
 mod e2e;
