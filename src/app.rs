@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Admin;
+use crate::auth::BearerToken;
 use crate::config::{Config, UserIds};
 use crate::correlate::Engine;
 use crate::normalize::Extractor;
@@ -31,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] crate::privacy::KeyError),
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
     #[error("cannot listen on {name} address {addr}: {source}")]
     Bind {
         name: &'static str,
@@ -125,12 +128,15 @@ impl App {
                 .expect("bound socket has an address"),
         };
 
+        let otlp_token = BearerToken::load(config.auth.otlp_token_file.as_deref())?;
+        let admin_token = BearerToken::load(config.auth.admin_token_file.as_deref())?;
         let extractor = Arc::new(Extractor::new(&config));
         let ctx = Arc::new(IngestContext {
             ingest: ingest.clone(),
             extractor: extractor.clone(),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
+            token: otlp_token,
         });
         let shutdown = CancellationToken::new();
         let grace = config.shutdown_grace;
@@ -155,6 +161,7 @@ impl App {
                 metrics: metrics.clone(),
                 reader: reader.clone(),
                 ready: ready.clone(),
+                token: admin_token,
             }),
             shutdown.clone(),
             grace,

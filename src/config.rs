@@ -824,4 +824,14 @@ mod tests {
         assert_eq!(cfg.events.fields.user, "payload.user_id");
         assert_eq!(cfg.events.fields.connection, "connection_id");
     }
+
+    proptest::proptest! {
+        /// Arbitrary text is a config or an error naming what is wrong, never a panic.
+        #[test]
+        fn any_text_parses_or_errs(text in "(\\PC|\\n|\\[|\\]|=|\"){0,400}") {
+            if let Err(e) = Config::from_toml(&text) {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
 }

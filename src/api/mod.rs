@@ -25,6 +25,8 @@ pub struct Admin {
     pub reader: Arc<StoreReader>,
     /// Flips once every listener is bound and state is restored.
     pub ready: Arc<AtomicBool>,
+    /// Required for everything but `/live` and `/ready` (the kubelet's probes) when set.
+    pub token: Option<crate::auth::BearerToken>,
 }
 
 impl Handler for Admin {
@@ -34,6 +36,18 @@ impl Handler for Admin {
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
         }
         let path = request.uri().path().to_owned();
+        let open = matches!(path.as_str(), "/live" | "/ready");
+        if let Some(token) = self.token.as_ref().filter(|_| !open) {
+            if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
+                self.metrics.reject("admin", "unauthorized", 1);
+                let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+        }
         match path.as_str() {
             "/live" => respond(StatusCode::OK, "text/plain", "live\n"),
             "/ready" if self.ready.load(Ordering::Acquire) => {

@@ -81,6 +81,10 @@ pub fn observe_event_value(
     let f = &ex.event_fields;
     let id = |path: &str| -> Result<Option<Box<str>>, Rejection> {
         match lookup(obj, path).and_then(as_id) {
+            Some(v) if super::has_control_chars(&v) => Err(reject(
+                RejectReason::ControlChars,
+                format!("field `{path}` holds control characters"),
+            )),
             Some(v) if v.len() > ex.max_id_bytes => Err(reject(
                 RejectReason::IdTooLong,
                 format!("field `{path}` longer than {} bytes", ex.max_id_bytes),
@@ -243,5 +247,29 @@ mod tests {
         let long = format!("{{\"user_id\":\"{}\"}}", "a".repeat(300));
         let err = observe_event_line(long.as_bytes(), &ex, 0).unwrap_err();
         assert_eq!(err.reason, RejectReason::IdTooLong);
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: an observation or a rejection with a reason, never a panic.
+        #[test]
+        fn any_line_is_used_or_rejected(line in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let ex = extractor("");
+            let _ = observe_event_line(&line, &ex, 0);
+        }
+
+        /// Lines that look like events, with hostile values in every canonical field.
+        #[test]
+        fn hostile_field_values_never_panic(
+            user in ".{0,300}", conn in ".{0,40}", time in proptest::num::f64::ANY, text_time in ".{0,40}"
+        ) {
+            let ex = extractor("");
+            let a = serde_json::json!({"user_id": user, "connection_user_id": conn, "time": time, "emitter_id": conn});
+            let b = serde_json::json!({"user_id": user, "time": text_time, "payload": {"user_id": [user]}});
+            for v in [a, b] {
+                if let Ok(obs) = observe_event_value(&v, &ex, 0) {
+                    proptest::prop_assert!(obs.user.as_deref().is_some_and(|u| u.len() <= ex.max_id_bytes && !crate::normalize::has_control_chars(u)));
+                }
+            }
+        }
     }
 }

@@ -6,8 +6,9 @@
 
 pub mod events;
 pub mod otlp;
+pub mod otlp_fast;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -206,6 +207,7 @@ pub enum RejectReason {
     LineTooLong,
     InvalidUtf8,
     BadField,
+    ControlChars,
 }
 
 impl RejectReason {
@@ -219,6 +221,7 @@ impl RejectReason {
             RejectReason::LineTooLong => "line_too_long",
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::BadField => "bad_field",
+            RejectReason::ControlChars => "control_chars_in_id",
         }
     }
 }
@@ -251,14 +254,22 @@ impl Tally {
     }
 }
 
+/// Attribute keys come from the network and are looked up for every attribute of every span;
+/// foldhash is several times cheaper than SipHash there, and the tables are small and fixed
+/// (from config), so there is no flooding to defend against.
+type KeyMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// The attribute lookups normalization needs, compiled once from config.
 #[derive(Debug, Clone)]
 pub struct Extractor {
     /// Attribute key → preference rank (lower wins).
-    user_keys: HashMap<String, usize>,
-    tenant_keys: HashMap<String, usize>,
+    user_keys: KeyMap<usize>,
+    tenant_keys: KeyMap<usize>,
     /// Attribute key → the watches reading it.
-    watch_keys: HashMap<String, Vec<u16>>,
+    watch_keys: KeyMap<Vec<u16>>,
+    /// Every key in the three maps above: most attributes are none of them, and one lookup
+    /// tells so (the zero-copy reader then never even formats the value).
+    read_keys: HashSet<String, foldhash::fast::RandomState>,
     pub max_id_bytes: usize,
     pub max_attributes: usize,
     pub event_fields: crate::config::EventFields,
@@ -271,24 +282,36 @@ impl Extractor {
             keys.iter()
                 .enumerate()
                 .map(|(i, k)| (k.clone(), i))
-                .collect::<HashMap<_, _>>()
+                .collect::<KeyMap<_>>()
         };
-        let mut watch_keys: HashMap<String, Vec<u16>> = HashMap::new();
+        let mut watch_keys: KeyMap<Vec<u16>> = KeyMap::default();
         for (i, w) in config.watches.iter().enumerate() {
             watch_keys
                 .entry(w.attribute.clone())
                 .or_default()
                 .push(i as u16);
         }
+        let user_keys = rank(&config.identity.user_attributes);
+        let tenant_keys = rank(&config.identity.tenant_attributes);
+        let read_keys = (user_keys.keys().chain(tenant_keys.keys()))
+            .chain(watch_keys.keys())
+            .cloned()
+            .collect();
         Extractor {
-            user_keys: rank(&config.identity.user_attributes),
-            tenant_keys: rank(&config.identity.tenant_attributes),
+            user_keys,
+            tenant_keys,
             watch_keys,
+            read_keys,
             max_id_bytes: config.limits.max_id_bytes,
             max_attributes: config.limits.max_attributes_per_span,
             event_fields: config.events.fields.clone(),
             max_line_bytes: config.events.max_line_bytes,
         }
+    }
+
+    /// Whether an attribute under `key` can matter to [`AttributeScan::offer`].
+    pub fn reads(&self, key: &str) -> bool {
+        self.read_keys.contains(key)
     }
 
     /// Watched attribute keys, for event lines (which are looked up by key, not scanned).
@@ -299,6 +322,12 @@ impl Extractor {
     }
 }
 
+/// Ids are opaque but printable: control characters (NUL, escapes) in a user or instance id are
+/// hostile or broken input, and would travel into logs, XML reports and alert payloads.
+pub fn has_control_chars(id: &str) -> bool {
+    id.chars().any(char::is_control)
+}
+
 /// Collects user, tenant and watched ids while scanning one record's attributes.
 #[derive(Default)]
 pub(crate) struct AttributeScan {
@@ -306,6 +335,8 @@ pub(crate) struct AttributeScan {
     tenant: Option<(usize, Box<str>)>,
     pub watched: Vec<WatchedId>,
     pub too_long: bool,
+    /// A user, tenant or watched id held control characters (NUL and the like).
+    pub control_chars: bool,
 }
 
 impl AttributeScan {
@@ -314,6 +345,10 @@ impl AttributeScan {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return;
         };
+        if ex.reads(key) && has_control_chars(value) {
+            self.control_chars = true;
+            return;
+        }
         if let Some(&rank) = ex.user_keys.get(key) {
             if value.len() > ex.max_id_bytes {
                 self.too_long = true;

@@ -144,6 +144,12 @@ pub(crate) fn span_observation(
     tally: &mut Tally,
 ) -> Option<Observation> {
     tally.items += 1;
+    if scan.control_chars {
+        tally.reject(RejectReason::ControlChars, || {
+            "span user or instance id holds control characters".to_owned()
+        });
+        return None;
+    }
     if scan.too_long {
         tally.reject(RejectReason::IdTooLong, || {
             format!(
@@ -217,6 +223,12 @@ pub fn observe_logs(
                         continue;
                     };
                     *slot = Some(value.into());
+                }
+                if scan.control_chars {
+                    tally.reject(RejectReason::ControlChars, || {
+                        "log user or instance id holds control characters".to_owned()
+                    });
+                    continue;
                 }
                 if scan.too_long {
                     tally.reject(RejectReason::IdTooLong, || {

@@ -28,6 +28,8 @@ pub struct IngestContext {
     pub extractor: Arc<Extractor>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Required of every OTLP and events request when set.
+    pub token: Option<crate::auth::BearerToken>,
 }
 
 /// Why a batch was not taken.

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -121,14 +122,33 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let max = service.ctx.limits.max_decompressed_bytes;
+    let token = service.ctx.token.clone();
+    let metrics = service.ctx.metrics.clone();
+    let check = move |request: Request<()>| -> Result<Request<()>, Status> {
+        let Some(token) = &token else {
+            return Ok(request);
+        };
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
+        if token.accepts(header.as_ref()) {
+            Ok(request)
+        } else {
+            metrics.reject(SOURCE, "unauthorized", 1);
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    };
     let traces = TraceServiceServer::new(service.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
+    let traces = InterceptedService::new(traces, check.clone());
     let logs = LogsServiceServer::new(service)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
+    let logs = InterceptedService::new(logs, check);
     tonic::transport::Server::builder()
         .add_service(traces)
         .add_service(logs)

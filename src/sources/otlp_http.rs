@@ -55,6 +55,18 @@ pub struct OtlpHttp {
 
 impl Handler for OtlpHttp {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
+        if let Some(token) = &self.ctx.token {
+            if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
+                let mut r = self.plain_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
         let path = request.uri().path().to_owned();
         let known = matches!(path.as_str(), "/v1/traces" | "/v1/logs" | "/v1/events");
         if !known {
@@ -250,6 +262,19 @@ impl OtlpHttp {
             }
         }
         let accepted = tally.accepted();
+        if accepted == 0 && tally.rejected_total() > 0 {
+            // Nothing usable at all: the request itself is bad.
+            self.ctx.count_rejections(EVENTS_SOURCE, &tally);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "accepted": 0,
+                    "rejected": tally.rejected_total(),
+                    "reasons": reasons_of(&tally),
+                    "errors": errors,
+                }),
+            );
+        }
         if let Err(e) = self
             .ctx
             .submit_and_wait(observations, received, "events", "http", accepted)
@@ -265,17 +290,12 @@ impl OtlpHttp {
             return r;
         }
         self.ctx.count_rejections(EVENTS_SOURCE, &tally);
-        let reasons: serde_json::Map<String, serde_json::Value> = tally
-            .rejected
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), json!(n)))
-            .collect();
         json_response(
             StatusCode::OK,
             &json!({
                 "accepted": accepted,
                 "rejected": tally.rejected_total(),
-                "reasons": reasons,
+                "reasons": reasons_of(&tally),
                 "errors": errors,
             }),
         )
@@ -340,6 +360,14 @@ impl OtlpHttp {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         r
     }
+}
+
+fn reasons_of(tally: &Tally) -> serde_json::Map<String, serde_json::Value> {
+    tally
+        .rejected
+        .iter()
+        .map(|(r, n)| (r.as_str().to_owned(), json!(n)))
+        .collect()
 }
 
 fn submit_reason(e: &SubmitError) -> &'static str {

@@ -8,4 +8,5 @@ mod durability;
 mod e2e;
 mod events;
 mod gate;
+mod hostile;
 mod otlp;
