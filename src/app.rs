@@ -105,12 +105,36 @@ impl App {
         }
         engine.restore(restored);
         tracing::info!(instances = engine.tracked_instances(), "state restored");
+        let mut cluster = None;
+        let mut cluster_sink: Option<pipeline::ClusterSink> = None;
+        if let Some(c) = &config.cluster {
+            engine = engine.with_cluster();
+            let (tx, rx) = tokio::sync::mpsc::channel(c.max_pending);
+            let dropped = metrics.cluster_dropped.clone();
+            // Full-policy: drop and count; the coordinator's own queue is the bounded buffer.
+            cluster_sink = Some(Box::new(move |checks| {
+                for check in checks {
+                    if tx.try_send(check).is_err() {
+                        dropped.inc();
+                    }
+                }
+            }));
+            let node_id = crate::cluster::node_id(&config.storage_dir).map_err(|source| {
+                StartError::Bind {
+                    name: "cluster",
+                    addr: config.listen.admin,
+                    source,
+                }
+            })?;
+            cluster = Some((c.clone(), rx, node_id, engine.cluster_resync()));
+        }
         let (ingest, engine) = pipeline::spawn(
             engine,
             store,
             config.limits.queue_capacity,
             metrics.clone(),
             None,
+            cluster_sink,
         );
 
         let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;
@@ -180,6 +204,18 @@ impl App {
                 metrics: metrics.clone(),
             };
             servers.spawn(sender.run(shutdown.clone()));
+        }
+
+        if let Some((config, checks, node_id, initial)) = cluster {
+            let coordinator = crate::cluster::Coordinator {
+                config,
+                node_id,
+                checks,
+                ingest: ingest.clone(),
+                initial,
+                metrics: metrics.clone(),
+            };
+            servers.spawn(coordinator.run(shutdown.clone()));
         }
 
         let mut tailers = Vec::new();

@@ -61,6 +61,8 @@ struct RawConfig {
     alertmanager: Option<RawAlertmanager>,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
     #[serde(default, rename = "watch")]
     watches: Vec<RawWatch>,
 }
@@ -276,6 +278,30 @@ fn default_alert_timeout() -> String {
     "5s".into()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    redis_url: OneOrMany,
+    #[serde(default = "default_cluster_pending")]
+    max_pending: usize,
+    #[serde(default = "default_cluster_timeout")]
+    timeout: String,
+}
+
+fn default_cluster_pending() -> usize {
+    100_000
+}
+fn default_cluster_timeout() -> String {
+    "1s".into()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawAuth {
@@ -333,7 +359,19 @@ pub struct Config {
     pub privacy: Privacy,
     pub alertmanager: Option<Alertmanager>,
     pub auth: Auth,
+    pub cluster: Option<Cluster>,
     pub watches: Vec<Watch>,
+}
+
+/// Global watches coordinated across sidecars through Redis.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// One URL: a single Redis. Several: the nodes of a Redis Cluster.
+    pub redis_urls: Vec<String>,
+    /// Global observations queued while Redis is unreachable, at most.
+    pub max_pending: usize,
+    /// Per-command and connect timeout.
+    pub timeout: Duration,
 }
 
 /// Where raw user ids may appear.
@@ -742,8 +780,35 @@ impl RawConfig {
                 ),
             ));
         }
+        let cluster = match self.cluster {
+            None => None,
+            Some(c) => {
+                let urls = match c.redis_url {
+                    OneOrMany::One(u) => vec![u],
+                    OneOrMany::Many(us) => us,
+                };
+                if urls.is_empty() {
+                    return Err(invalid("cluster.redis_url", "names no Redis"));
+                }
+                if let Some(bad) = urls
+                    .iter()
+                    .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+                {
+                    return Err(invalid(
+                        "cluster.redis_url",
+                        format!("`{bad}` is not a redis:// URL"),
+                    ));
+                }
+                Some(Cluster {
+                    redis_urls: urls,
+                    max_pending: positive("cluster.max_pending", c.max_pending)?,
+                    timeout: parse_duration("cluster.timeout", &c.timeout)?,
+                })
+            }
+        };
         Ok(Config {
             listen,
+            cluster,
             privacy,
             alertmanager,
             auth,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-use crate::correlate::engine::FindingNews;
+use crate::correlate::engine::{ClusterCheck, FindingNews, RemoteConflict};
 use crate::correlate::{Effects, Engine, Received};
 use crate::normalize::Observation;
 use crate::sinks::metrics::{Metrics, QueueLabels};
@@ -39,6 +39,8 @@ pub struct Batch {
     pub transport: &'static str,
     pub items: u64,
     pub checkpoint: Option<FileCheckpoint>,
+    /// Verdicts from Redis that this sidecar owns (cluster coordination).
+    pub remote: Vec<RemoteConflict>,
     pub ack: Option<oneshot::Sender<Ack>>,
 }
 
@@ -112,6 +114,9 @@ impl IngestHandle {
 /// Receives the findings each commit created or grew (alerting, logs).
 pub type NewsSink = Box<dyn FnMut(&[FindingNews], &Engine) + Send>;
 
+/// Receives the new global bindings each commit made, for Redis to judge.
+pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
+
 /// Stops the engine thread: it takes what is queued, settles what is pending, commits, and
 /// hands the engine back (for `crosstalk check`/`run` to read).
 pub struct EngineControl {
@@ -140,6 +145,7 @@ pub fn spawn(
     capacity: usize,
     metrics: Arc<Metrics>,
     news: Option<NewsSink>,
+    cluster: Option<ClusterSink>,
 ) -> (IngestHandle, EngineControl) {
     let (tx, rx) = sync_channel(capacity);
     let label = QueueLabels {
@@ -162,6 +168,7 @@ pub fn spawn(
         metrics,
         popped,
         news,
+        cluster,
         stop: stop.clone(),
     };
     let join = std::thread::Builder::new()
@@ -177,6 +184,7 @@ struct EngineWorker {
     metrics: Arc<Metrics>,
     popped: Counter,
     news: Option<NewsSink>,
+    cluster: Option<ClusterSink>,
     stop: Arc<AtomicBool>,
 }
 
@@ -220,6 +228,10 @@ impl EngineWorker {
         for batch in group.iter_mut() {
             let observations = std::mem::take(&mut batch.observations);
             self.engine.ingest(observations, batch.received, &mut fx);
+            for rc in std::mem::take(&mut batch.remote) {
+                self.engine
+                    .remote_conflict(rc, batch.received, Received::now(), &mut fx);
+            }
             if let Some(c) = batch.checkpoint.take() {
                 checkpoints.retain(|x: &FileCheckpoint| x.path != c.path);
                 checkpoints.push(c);
@@ -247,6 +259,11 @@ impl EngineWorker {
             if let Some(ack) = batch.ack {
                 // A producer that gave up waiting is no error of ours.
                 let _ = ack.send(result.clone());
+            }
+        }
+        if result.is_ok() && !fx.cluster.is_empty() {
+            if let Some(cluster) = self.cluster.as_mut() {
+                cluster(std::mem::take(&mut fx.cluster));
             }
         }
         if result.is_ok() && !fx.news.is_empty() {

@@ -120,6 +120,8 @@ pub struct Effects {
     /// Findings to upsert (new, grown, or with a later `last_seen`).
     pub findings: Vec<FindingRecord>,
     pub news: Vec<FindingNews>,
+    /// New (instance, user) pairs of coordinated global watches, for Redis to judge.
+    pub cluster: Vec<ClusterCheck>,
 }
 
 impl Effects {
@@ -165,6 +167,8 @@ pub struct Engine {
     /// In `hmac` privacy mode: users and tenants are replaced by pseudonyms before they are
     /// bound, so neither the store nor the API ever holds a raw id.
     pseudonyms: Option<Pseudonymizer>,
+    /// Global watches are coordinated through Redis (`[cluster]`).
+    cluster: bool,
 }
 
 impl Engine {
@@ -200,7 +204,14 @@ impl Engine {
             metrics,
             counters,
             pseudonyms: None,
+            cluster: false,
         }
+    }
+
+    /// Leave conflicts on global watches to the cluster (Redis) instead of judging them here.
+    pub fn with_cluster(mut self) -> Self {
+        self.cluster = true;
+        self
     }
 
     /// Bind pseudonyms instead of raw user and tenant ids (`[privacy] user_ids = "hmac"`).
@@ -538,6 +549,8 @@ impl Engine {
         let watch = &self.watches[key.watch as usize];
         let policy = watch.policy;
         let boundary = watch.boundary;
+        // Global watches in a cluster are judged by Redis, across every sidecar.
+        let coordinated = self.cluster && watch.scope == Scope::Global;
         let is_new_instance = !self.instances.contains_key(&key);
         if is_new_instance && self.instances.len() >= self.max_instances {
             self.evict_least_recent(fx);
@@ -567,6 +580,7 @@ impl Engine {
         };
         // Conflicts are judged against the uses as they were before this observation.
         let conflicting: Vec<usize> = match policy {
+            _ if coordinated => Vec::new(),
             Policy::Allow => Vec::new(),
             Policy::Exclusive => (0..state.uses.len())
                 .filter(|&i| principal(&state.uses[i]) != mine)
@@ -614,6 +628,9 @@ impl Engine {
                     first: seed,
                 };
                 state.uses.push(u.clone());
+                if coordinated && policy != Policy::Allow {
+                    fx.cluster.push(self.cluster_check(&key, &u, obs, seed));
+                }
                 fx.bindings.push(BindingRow {
                     watch: self.watches[key.watch as usize].name.clone(),
                     scope_key: self.scopes[key.scope as usize].scope_key.clone(),
@@ -632,9 +649,11 @@ impl Engine {
                 u
             }
         };
-        let existing = state.finding.clone();
+        let existing = self.instances.get(&key).and_then(|s| s.finding.clone());
         if let Some(id) = existing {
-            self.touch_finding(&id, &this_use, &conflict_users, obs, seed, fx);
+            // Coordinated findings grow from Redis's verdicts, not from what this sidecar saw.
+            let grow = if coordinated { None } else { Some(&this_use) };
+            self.touch_finding(&id, grow, &conflict_users, obs, seed, fx);
         } else if !conflict_users.is_empty() {
             let current_user = this_use.user.clone();
             conflict_users.push(this_use);
@@ -740,7 +759,7 @@ impl Engine {
     fn touch_finding(
         &mut self,
         id: &str,
-        this_use: &Use,
+        this_use: Option<&Use>,
         conflict_users: &[Use],
         obs: &Observation,
         seed: Seed,
@@ -750,7 +769,7 @@ impl Engine {
         let Some(record) = self.findings.get(id) else {
             return;
         };
-        for u in conflict_users.iter().chain(std::iter::once(this_use)) {
+        for u in conflict_users.iter().chain(this_use) {
             if !record.finding.users.iter().any(|x| **x == *u.user)
                 && !grown.iter().any(|g: &Use| g.user == u.user)
             {
@@ -763,7 +782,7 @@ impl Engine {
                 self.evidence(
                     &u.user,
                     u.tenant.as_deref(),
-                    if u.user == this_use.user {
+                    if this_use.is_some_and(|t| t.user == u.user) {
                         seed
                     } else {
                         u.first
@@ -1060,6 +1079,10 @@ fn add_interval(intervals: &mut Vec<(u64, u64)>, s: u64, e: u64) {
     }
     intervals.push((s, e));
 }
+
+#[path = "engine_remote.rs"]
+mod remote;
+pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -82,6 +82,10 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub alerts_sent: Counter,
     pub alert_failures: Counter,
+    pub cluster_up: Gauge,
+    pub cluster_pending: Gauge,
+    pub cluster_dropped: Counter,
+    pub cluster_round_trips: Counter,
 }
 
 impl Default for Metrics {
@@ -189,6 +193,30 @@ impl Metrics {
             "Alert deliveries that failed and will be retried",
             alert_failures.clone(),
         );
+        let cluster_up = Gauge::default();
+        registry.register(
+            "crosstalk_cluster_up",
+            "1 while Redis coordination of global watches is reachable (0 when down; absent without [cluster])",
+            cluster_up.clone(),
+        );
+        let cluster_pending = Gauge::default();
+        registry.register(
+            "crosstalk_cluster_pending",
+            "Global observations waiting for Redis",
+            cluster_pending.clone(),
+        );
+        let cluster_dropped = Counter::default();
+        registry.register(
+            "crosstalk_cluster_dropped",
+            "Global observations dropped because the Redis queue was full",
+            cluster_dropped.clone(),
+        );
+        let cluster_round_trips = Counter::default();
+        registry.register(
+            "crosstalk_cluster_round_trips",
+            "Checks judged by Redis",
+            cluster_round_trips.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "crosstalk_build_info",
@@ -218,6 +246,10 @@ impl Metrics {
             store_errors,
             alerts_sent,
             alert_failures,
+            cluster_up,
+            cluster_pending,
+            cluster_dropped,
+            cluster_round_trips,
         }
     }
 

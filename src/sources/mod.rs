@@ -68,6 +68,7 @@ impl IngestContext {
             transport,
             items,
             checkpoint: None,
+            remote: Vec::new(),
             ack: Some(tx),
         };
         match self.ingest.try_submit(batch) {

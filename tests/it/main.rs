@@ -4,6 +4,7 @@ mod util;
 
 mod alerting;
 mod cli;
+mod cluster;
 mod durability;
 mod e2e;
 mod events;

@@ -1,0 +1,365 @@
+//! Cluster coordination of `scope = "global"` watches through Redis (or Redis Cluster).
+//!
+//! One atomic server-side script per (watch, instance) records each user with first/last seen,
+//! latest interval and evidence, expires with the watch's retention, and answers whether the new
+//! pair conflicts under the watch's policy; the first sidecar to see a conflict claims the
+//! instance (`SET NX`) and alone raises the finding. Only pairs new to this sidecar reach Redis.
+//!
+//! Redis down: process-scoped detection is untouched; global checks wait in a bounded queue
+//! (overflow counted) and `crosstalk_cluster_up` reads 0. A heartbeat notices outages and
+//! restarts; on reconnect every global binding this sidecar knows is published again first,
+//! so a Redis that lost its data (restart without persistence) still sees both sides.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, Script, ScriptInvocation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Cluster;
+use crate::correlate::Received;
+use crate::correlate::engine::{ClusterCheck, RemoteConflict, RemoteUse};
+use crate::correlate::finding::Evidence;
+use crate::pipeline::{Batch, IngestHandle, Refused};
+use crate::sinks::metrics::Metrics;
+
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Records the user, judges the policy, claims the finding. Times travel as decimal strings:
+/// Lua numbers are doubles and cjson prints 14 digits, which would blur nanoseconds.
+const SCRIPT: &str = r#"
+local users_key, claim_key = KEYS[1], KEYS[2]
+local user, tenant, s, e = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local evidence, policy, boundary = ARGV[5], ARGV[6], ARGV[7]
+local ttl, node = tonumber(ARGV[8]), ARGV[9]
+local raw = redis.call('HGET', users_key, user)
+local me
+if raw then
+  me = cjson.decode(raw)
+  if tonumber(s) < tonumber(me.f) then me.f = s end
+  if tonumber(e) > tonumber(me.l) then me.l = e end
+  if tonumber(e) >= tonumber(me.e) then me.s = s; me.e = e end
+  if me.t == '' and tenant ~= '' then me.t = tenant end
+else
+  me = {t = tenant, f = s, l = e, s = s, e = e, ev = evidence}
+end
+redis.call('HSET', users_key, user, cjson.encode(me))
+redis.call('PEXPIRE', users_key, ttl)
+local mine = user
+if boundary == 'tenant' then mine = me.t end
+local all = redis.call('HGETALL', users_key)
+local conflict = false
+local entries = {}
+for i = 1, #all, 2 do
+  local d = cjson.decode(all[i + 1])
+  d.u = all[i]
+  table.insert(entries, d)
+  local theirs = d.u
+  if boundary == 'tenant' then theirs = d.t end
+  if d.u ~= user and mine ~= '' and theirs ~= '' and theirs ~= mine then
+    if policy == 'exclusive' then
+      conflict = true
+    elseif policy == 'concurrent' and tonumber(d.s) <= tonumber(e) and tonumber(s) <= tonumber(d.e) then
+      conflict = true
+    end
+  end
+end
+if not conflict then return cjson.encode({verdict = 'none'}) end
+local owner = node
+if not redis.call('SET', claim_key, node, 'NX', 'PX', ttl) then
+  owner = redis.call('GET', claim_key)
+end
+return cjson.encode({verdict = 'conflict', owner = owner, users = entries})
+"#;
+
+#[derive(Deserialize)]
+struct Verdict {
+    verdict: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    users: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    u: String,
+    #[serde(default)]
+    t: String,
+    f: String,
+    l: String,
+    ev: String,
+}
+
+/// A connection to a single Redis or to a Redis Cluster.
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn open(urls: &[String], timeout: Duration) -> RedisResult<Conn> {
+        if urls.len() == 1 {
+            let client = redis::Client::open(urls[0].as_str())?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            Ok(Conn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ))
+        } else {
+            let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
+
+    async fn ping(&mut self) -> RedisResult<String> {
+        let cmd = redis::cmd("PING");
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn invoke(&mut self, call: &ScriptInvocation<'_>) -> RedisResult<String> {
+        match self {
+            Conn::Single(c) => call.invoke_async(c).await,
+            Conn::Cluster(c) => call.invoke_async(c).await,
+        }
+    }
+}
+
+/// Both keys of an instance share one hash tag, so they live in one Redis Cluster slot.
+fn keys(check: &ClusterCheck) -> (String, String) {
+    let mut h = Sha256::new();
+    h.update(check.watch.as_bytes());
+    h.update([0]);
+    h.update(check.instance.as_bytes());
+    let tag = hex::encode(&h.finalize()[..12]);
+    (
+        format!("crosstalk:{{{tag}}}:users"),
+        format!("crosstalk:{{{tag}}}:claim"),
+    )
+}
+
+/// The coordinator task.
+pub struct Coordinator {
+    pub config: Cluster,
+    /// Stable across restarts, so that a sidecar recognises its own claims.
+    pub node_id: String,
+    pub checks: mpsc::Receiver<ClusterCheck>,
+    pub ingest: IngestHandle,
+    /// Bindings known at start-up (restored from the store), published on first connect.
+    pub initial: Vec<ClusterCheck>,
+    pub metrics: Arc<Metrics>,
+}
+
+struct ClusterMetrics {
+    up: Gauge,
+    pending: Gauge,
+    dropped: Counter,
+    round_trips: Counter,
+}
+
+impl Coordinator {
+    fn register(metrics: &Metrics) -> ClusterMetrics {
+        ClusterMetrics {
+            up: metrics.cluster_up.clone(),
+            pending: metrics.cluster_pending.clone(),
+            dropped: metrics.cluster_dropped.clone(),
+            round_trips: metrics.cluster_round_trips.clone(),
+        }
+    }
+
+    /// Run until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let m = Self::register(&self.metrics);
+        let script = Script::new(SCRIPT);
+        let mut conn: Option<Conn> = None;
+        let mut pending: VecDeque<ClusterCheck> = std::mem::take(&mut self.initial).into();
+        // Every pair published, to publish again after an outage (Redis may have lost it).
+        let mut known: HashMap<(String, String, String), ClusterCheck> = HashMap::new();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = self.checks.recv() => match got {
+                    Some(c) => self.enqueue(&mut pending, c, &m),
+                    None => return,
+                },
+                _ = heartbeat.tick() => {
+                    if let Some(c) = conn.as_mut() {
+                        if c.ping().await.is_err() {
+                            tracing::warn!("Redis unreachable; global checks are queued");
+                            conn = None;
+                            m.up.set(0);
+                        }
+                    }
+                }
+            }
+            while let Ok(c) = self.checks.try_recv() {
+                self.enqueue(&mut pending, c, &m);
+            }
+            if conn.is_none() {
+                match Conn::open(&self.config.redis_urls, self.config.timeout).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        m.up.set(1);
+                        // Publish everything again first: Redis may have restarted empty.
+                        let again: Vec<ClusterCheck> = known.values().cloned().collect();
+                        for c in again.into_iter().rev() {
+                            pending.push_front(c);
+                        }
+                        tracing::info!(replay = pending.len(), "connected to Redis");
+                    }
+                    Err(e) => {
+                        m.up.set(0);
+                        tracing::debug!(error = %e, "Redis connect failed");
+                        m.pending.set(pending.len() as i64);
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            while let Some(check) = pending.pop_front() {
+                match self.judge(&script, c, &check).await {
+                    Ok(verdict) => {
+                        m.round_trips.inc();
+                        known.insert(
+                            (
+                                check.watch.clone(),
+                                check.instance.clone(),
+                                check.user.clone(),
+                            ),
+                            check.clone(),
+                        );
+                        if let Some(rc) = verdict {
+                            self.deliver(rc).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis check failed; queued for replay");
+                        pending.push_front(check);
+                        conn = None;
+                        m.up.set(0);
+                        break;
+                    }
+                }
+            }
+            m.pending.set(pending.len() as i64);
+        }
+    }
+
+    fn enqueue(&self, pending: &mut VecDeque<ClusterCheck>, c: ClusterCheck, m: &ClusterMetrics) {
+        if pending.len() >= self.config.max_pending {
+            pending.pop_front();
+            m.dropped.inc();
+        }
+        pending.push_back(c);
+    }
+
+    /// Run the script; `Some` when a conflict is found and this sidecar owns the finding.
+    async fn judge(
+        &self,
+        script: &Script,
+        conn: &mut Conn,
+        check: &ClusterCheck,
+    ) -> RedisResult<Option<RemoteConflict>> {
+        let (users_key, claim_key) = keys(check);
+        let evidence = serde_json::to_string(&check.evidence).unwrap_or_default();
+        let mut call = script.prepare_invoke();
+        call.key(users_key)
+            .key(claim_key)
+            .arg(&check.user)
+            .arg(check.tenant.as_deref().unwrap_or(""))
+            .arg(check.start_ns.to_string())
+            .arg(check.end_ns.to_string())
+            .arg(evidence)
+            .arg(&check.policy)
+            .arg(&check.boundary)
+            .arg(check.retention_ms.max(1))
+            .arg(&self.node_id);
+        let answer = conn.invoke(&call).await?;
+        let verdict: Verdict = match serde_json::from_str(&answer) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable verdict from Redis");
+                return Ok(None);
+            }
+        };
+        if verdict.verdict != "conflict" || verdict.owner != self.node_id {
+            return Ok(None);
+        }
+        let uses = verdict
+            .users
+            .into_iter()
+            .filter_map(|e| {
+                Some(RemoteUse {
+                    evidence: serde_json::from_str::<Evidence>(&e.ev).ok()?,
+                    user: e.u,
+                    tenant: (!e.t.is_empty()).then_some(e.t),
+                    first_ns: e.f.parse().ok()?,
+                    last_ns: e.l.parse().ok()?,
+                })
+            })
+            .collect();
+        Ok(Some(RemoteConflict {
+            check: check.clone(),
+            uses,
+        }))
+    }
+
+    /// Hand a verdict to the engine; a full queue is waited out (verdicts are rare).
+    async fn deliver(&self, rc: RemoteConflict) {
+        let mut rc = Some(rc);
+        loop {
+            let batch = Batch {
+                observations: Vec::new(),
+                received: Received::now(),
+                signal: "cluster",
+                transport: "redis",
+                items: 0,
+                checkpoint: None,
+                remote: rc.take().into_iter().collect(),
+                ack: None,
+            };
+            let kept = batch.remote.clone();
+            match self.ingest.try_submit(batch) {
+                Ok(()) | Err(Refused::Stopped) => return,
+                Err(Refused::Full) => {
+                    rc = kept.into_iter().next();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// This sidecar's node id: `<storage>/node.id`, created once.
+pub fn node_id(storage_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = storage_dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let mut raw = [0u8; 12];
+            getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let id = hex::encode(raw);
+            std::fs::create_dir_all(storage_dir)?;
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The engine's side of cluster coordination: the [`ClusterCheck`]s it hands to Redis for
+//! global watches, and the [`RemoteConflict`] verdicts it turns into findings.
+//!
+//! Only the sidecar that claimed the instance in Redis raises the finding, with the evidence every
+//! sidecar recorded there, so a conflict is one finding across the whole cluster.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Effects, Engine, FindingNews, FindingRecord, InstanceKey, Received, Seed, Use};
+use crate::config::Scope;
+use crate::correlate::finding::{Evidence, Finding, FindingKind, finding_id, rfc3339};
+use crate::normalize::{Observation, TraceId};
+use crate::sinks::metrics::WatchServiceLabels;
+
+/// A new (instance, user) pair of a coordinated watch: what Redis records and judges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterCheck {
+    pub watch: String,
+    pub policy: String,
+    pub boundary: String,
+    pub retention_ms: u64,
+    pub instance: String,
+    pub user: String,
+    pub tenant: Option<String>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub evidence: Evidence,
+    /// Resource identity of the observation, the finding's `scope` if this sidecar raises it.
+    pub scope: std::collections::BTreeMap<String, String>,
+    pub service: String,
+    pub trace_id: Option<String>,
+}
+
+/// One user of an instance as Redis recorded it (possibly from another sidecar).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteUse {
+    pub user: String,
+    pub tenant: Option<String>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub evidence: Evidence,
+}
+
+/// Redis found a conflict and this sidecar owns the finding.
+#[derive(Debug, Clone)]
+pub struct RemoteConflict {
+    pub check: ClusterCheck,
+    pub uses: Vec<RemoteUse>,
+}
+
+impl Engine {
+    pub(super) fn cluster_check(
+        &self,
+        key: &InstanceKey,
+        u: &Use,
+        obs: &Observation,
+        seed: Seed,
+    ) -> ClusterCheck {
+        let w = &self.watches[key.watch as usize];
+        ClusterCheck {
+            watch: w.name.clone(),
+            policy: w.policy.as_str().into(),
+            boundary: w.boundary.as_str().into(),
+            retention_ms: w.retention.as_millis() as u64,
+            instance: key.id.to_string(),
+            user: u.user.to_string(),
+            tenant: u.tenant.as_deref().map(str::to_owned),
+            start_ns: obs.start_ns,
+            end_ns: obs.end_ns,
+            evidence: self.evidence(&u.user, u.tenant.as_deref(), seed, Some(obs)),
+            scope: obs.resource.identity.clone(),
+            service: obs.resource.service().to_owned(),
+            trace_id: obs.trace_id.map(|t| t.to_string()),
+        }
+    }
+
+    /// Every global binding this sidecar knows, to publish again after Redis lost its state.
+    pub fn cluster_resync(&self) -> Vec<ClusterCheck> {
+        let mut out = Vec::new();
+        for (key, state) in &self.instances {
+            let w = &self.watches[key.watch as usize];
+            if w.scope != Scope::Global {
+                continue;
+            }
+            for u in &state.uses {
+                let resource = self.scopes[u.first.scope as usize].clone();
+                out.push(ClusterCheck {
+                    watch: w.name.clone(),
+                    policy: w.policy.as_str().into(),
+                    boundary: w.boundary.as_str().into(),
+                    retention_ms: w.retention.as_millis() as u64,
+                    instance: key.id.to_string(),
+                    user: u.user.to_string(),
+                    tenant: u.tenant.as_deref().map(str::to_owned),
+                    start_ns: u.intervals.last().map_or(u.first_ns, |i| i.0),
+                    end_ns: u.intervals.last().map_or(u.last_ns, |i| i.1),
+                    evidence: self.evidence(&u.user, u.tenant.as_deref(), u.first, None),
+                    scope: resource.identity.clone(),
+                    service: resource.service().to_owned(),
+                    trace_id: u.first.trace_id.map(|t| t.to_string()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Raise (or grow) the finding Redis says this sidecar owns.
+    pub fn remote_conflict(
+        &mut self,
+        rc: RemoteConflict,
+        received: Received,
+        now: Received,
+        fx: &mut Effects,
+    ) {
+        let Some(watch) = self.watch_index(&rc.check.watch) else {
+            return;
+        };
+        let w = self.watches[watch as usize].clone();
+        let key = InstanceKey {
+            watch,
+            scope: 0,
+            id: rc.check.instance.as_str().into(),
+        };
+        let mut uses = rc.uses;
+        uses.sort_by_key(|u| u.first_ns);
+        let id = finding_id(FindingKind::SharedInstance, &w.name, "", &rc.check.instance);
+        let last_ns = uses
+            .iter()
+            .map(|u| u.last_ns)
+            .max()
+            .unwrap_or(rc.check.end_ns);
+        if let Some(record) = self.findings.get_mut(&id) {
+            let mut added = 0;
+            for u in &uses {
+                if record.finding.add_user(&u.user) {
+                    added += 1;
+                    record.finding.add_evidence(u.evidence.clone());
+                }
+                if let Some(t) = &u.tenant {
+                    record.finding.add_tenant(t);
+                }
+            }
+            if last_ns > record.last_seen_ns {
+                record.last_seen_ns = last_ns;
+                record.finding.last_seen = rfc3339(last_ns);
+            }
+            if added > 0 {
+                let labels = WatchServiceLabels {
+                    watch: record.finding.watch.clone(),
+                    service: record.finding.service.clone(),
+                };
+                self.metrics
+                    .affected_users
+                    .get_or_create(&labels)
+                    .inc_by(added);
+                fx.findings.retain(|f| f.finding.id != id);
+                fx.findings.push(record.clone());
+                fx.news.push(FindingNews { id, new: false });
+            }
+            return;
+        }
+        let mut finding = Finding {
+            id: id.clone(),
+            kind: FindingKind::SharedInstance,
+            watch: w.name.clone(),
+            instance: rc.check.instance.clone(),
+            scope: rc.check.scope.clone(),
+            service: rc.check.service.clone(),
+            policy: w.policy.as_str().into(),
+            boundary: w.boundary.as_str().into(),
+            severity: w.severity.clone(),
+            users: Vec::new(),
+            user_count: 0,
+            tenants: Vec::new(),
+            cross_tenant: false,
+            first_seen: rfc3339(uses.first().map_or(rc.check.start_ns, |u| u.first_ns)),
+            detected_at: rfc3339(now.wall_ns),
+            last_seen: rfc3339(last_ns),
+            evidence: Vec::new(),
+        };
+        for u in &uses {
+            finding.add_user(&u.user);
+            if let Some(t) = &u.tenant {
+                finding.add_tenant(t);
+            }
+            finding.add_evidence(u.evidence.clone());
+        }
+        if finding.cross_tenant {
+            finding.severity = "critical".into();
+        }
+        let trace = rc.check.trace_id.as_deref().and_then(TraceId::from_hex);
+        self.count_finding(&finding, trace, finding.user_count, received, now);
+        let record = FindingRecord {
+            finding,
+            scope_key: String::new(),
+            detected_ns: now.wall_ns,
+            last_seen_ns: last_ns,
+        };
+        fx.findings.push(record.clone());
+        fx.news.push(FindingNews {
+            id: id.clone(),
+            new: true,
+        });
+        self.findings.insert(id.clone(), record);
+        if let Some(state) = self.instances.get_mut(&key) {
+            state.finding = Some(id.into());
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Global watches across sidecars through a real `redis-server`: one finding per conflict across
+//! the cluster, process scope untouched, and a Redis outage that hides nothing.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::util::*;
+
+const WATCHES: &str = "[[watch]]\nname = \"session\"\nattribute = \"session.id\"\npolicy = \"exclusive\"\nscope = \"global\"\n";
+
+struct Redis {
+    child: Child,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/test installs it)");
+        let r = Redis { child };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn session_use(
+    user: &str,
+    session: &str,
+    pod: &str,
+    trace: u128,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    traces(
+        "chat-api",
+        pod,
+        vec![span(
+            trace,
+            trace as u64,
+            &[
+                ("user.id", user),
+                ("session.id", session),
+                ("agent_factory.instance_id", "f-shared-id"),
+            ],
+        )],
+    )
+}
+
+fn all_findings(sidecars: &[Server]) -> Vec<serde_json::Value> {
+    sidecars.iter().flat_map(|s| s.findings()).collect()
+}
+
+fn wait_findings(sidecars: &[Server], n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let f = all_findings(sidecars);
+        if f.len() >= n {
+            std::thread::sleep(Duration::from_millis(500));
+            return all_findings(sidecars);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    all_findings(sidecars)
+}
+
+#[test]
+fn three_sidecars_one_redis_one_finding_and_an_outage_hides_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Redis::start(port);
+    let config = format!(
+        "[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"300ms\"\n{WATCHES}{FACTORY_WATCH}"
+    );
+    let sidecars: Vec<Server> = (0..3).map(|_| Server::start(&config)).collect();
+
+    // alice's session on sidecar 1, bob's on sidecar 2, the same session.id.
+    assert_eq!(
+        sidecars[0]
+            .post_traces(&session_use("alice", "sess-1", "pod-1", 1))
+            .status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sidecars[1]
+            .post_traces(&session_use("bob", "sess-1", "pod-2", 2))
+            .status,
+        200
+    );
+    let f = wait_findings(&sidecars, 1);
+    assert_eq!(
+        f.len(),
+        1,
+        "exactly one finding across the three sidecars: {f:#?}"
+    );
+    assert_eq!(f[0]["watch"], "session");
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
+    let services: Vec<&str> = f[0]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["trace_id"].as_str())
+        .collect();
+    assert!(
+        services.contains(&format!("{:032x}", 1u128).as_str())
+            && services.contains(&format!("{:032x}", 2u128).as_str()),
+        "evidence from both sidecars: {f:#?}"
+    );
+    // Process scope: the same factory id in three processes is three instances, no finding.
+    sidecars[2].post_traces(&session_use("carol", "sess-3", "pod-3", 3));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        all_findings(&sidecars)
+            .iter()
+            .all(|f| f["watch"] == "session"),
+        "process-scoped watch unaffected"
+    );
+    assert_eq!(sidecars[0].metric("crosstalk_cluster_up"), 1.0);
+
+    // Redis down: alice's second session was recorded before; bob's use during the outage queues.
+    sidecars[0].post_traces(&session_use("alice", "sess-2", "pod-1", 4));
+    std::thread::sleep(Duration::from_millis(400));
+    redis.kill9();
+    assert!(
+        sidecars[2]
+            .wait_for(Duration::from_secs(5), |s| (s
+                .metric("crosstalk_cluster_up")
+                == 0.0)
+                .then_some(()))
+            .is_some()
+    );
+    assert_eq!(
+        sidecars[2]
+            .post_traces(&session_use("bob", "sess-2", "pod-3", 5))
+            .status,
+        200,
+        "ingest carries on while Redis is down"
+    );
+    // Process-scoped detection carries on during the outage.
+    sidecars[1].post_traces(&traces(
+        "chat-api",
+        "pod-2",
+        vec![span(
+            6,
+            6,
+            &[
+                ("user.id", "dave"),
+                ("agent_factory.instance_id", "local-f"),
+            ],
+        )],
+    ));
+    sidecars[1].post_traces(&traces(
+        "chat-api",
+        "pod-2",
+        vec![span(
+            7,
+            7,
+            &[
+                ("user.id", "erin"),
+                ("agent_factory.instance_id", "local-f"),
+            ],
+        )],
+    ));
+    assert!(
+        sidecars[1]
+            .findings()
+            .iter()
+            .any(|f| f["watch"] == "agent_factory")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        all_findings(&sidecars)
+            .iter()
+            .filter(|f| f["instance"] == "sess-2")
+            .count(),
+        0
+    );
+    assert!(sidecars[2].metric("crosstalk_cluster_pending") >= 1.0);
+
+    // Redis back (empty: no persistence): the conflict seen during the outage is found.
+    let _redis = Redis::start(port);
+    let f = wait_findings(&sidecars, 3);
+    let sess2: Vec<_> = f.iter().filter(|f| f["instance"] == "sess-2").collect();
+    assert_eq!(sess2.len(), 1, "{f:#?}");
+    assert_eq!(sess2[0]["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(
+        f.iter().filter(|f| f["instance"] == "sess-1").count(),
+        1,
+        "the first conflict is not found again"
+    );
+}
