@@ -84,8 +84,19 @@ fn flood_of_unique_ids_never_tracks_more_than_the_cap() {
         }
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap_or_default();
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap_or("").to_owned();
-    println!("flood: {} unique ids, cap {cap}: peak {} / now {}", requests * per_request, field("VmHWM"), field("VmRSS"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_owned()
+    };
+    println!(
+        "flood: {} unique ids, cap {cap}: peak {} / now {}",
+        requests * per_request,
+        field("VmHWM"),
+        field("VmRSS")
+    );
     let evicted = s.metric(r#"crosstalk_evicted_total{watch="agent_factory",reason="capacity"}"#);
     let tracked = s.metric(r#"crosstalk_tracked_instances{watch="agent_factory"}"#);
     assert_eq!(
@@ -148,18 +159,49 @@ fn overload_through_the_real_sdk_exporter_answers_503_and_loses_nothing() {
     let s = Server::start(&format!("[limits]\nqueue_capacity = 1\n{FACTORY_WATCH}"));
     let out = std::process::Command::new(python())
         .arg(e2e_script("overload.py"))
-        .args(["--endpoint", &format!("http://{}", s.http), "--threads", "16", "--batches", "6", "--batch-size", "512"])
+        .args([
+            "--endpoint",
+            &format!("http://{}", s.http),
+            "--threads",
+            "16",
+            "--batches",
+            "6",
+            "--batch-size",
+            "512",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let total = summary["spans"].as_f64().unwrap();
     assert_eq!(summary["exported"].as_f64(), Some(total));
     let m = s.metrics();
-    let refused = metric_value(&m, r#"crosstalk_rejected_total{source="otlp_http",reason="queue_full"}"#);
+    let refused = metric_value(
+        &m,
+        r#"crosstalk_rejected_total{source="otlp_http",reason="queue_full"}"#,
+    );
     println!("overload: {total} spans, {refused} exports answered 503 while the queue was full");
-    assert!(refused > 0.0, "the queue never filled: the test proved nothing");
+    assert!(
+        refused > 0.0,
+        "the queue never filled: the test proved nothing"
+    );
     assert!(metric_value(&m, r#"crosstalk_queue_full_total{queue="ingest"}"#) >= refused);
-    assert_eq!(metric_value(&m, r#"crosstalk_received_total{signal="traces",transport="http"}"#), total, "every span counted exactly once");
-    assert_eq!(metric_value(&m, r#"crosstalk_tracked_instances{watch="agent_factory"}"#), total, "every span's binding made it");
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"crosstalk_received_total{signal="traces",transport="http"}"#
+        ),
+        total,
+        "every span counted exactly once"
+    );
+    assert_eq!(
+        metric_value(&m, r#"crosstalk_tracked_instances{watch="agent_factory"}"#),
+        total,
+        "every span's binding made it"
+    );
 }
