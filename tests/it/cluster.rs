@@ -216,3 +216,120 @@ fn three_sidecars_one_redis_one_finding_and_an_outage_hides_nothing() {
         "the first conflict is not found again"
     );
 }
+
+/// Three `redis-server --cluster-enabled` nodes joined by `redis-cli --cluster create`.
+struct RedisCluster {
+    nodes: Vec<Redis>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let node_dir = dir.path().join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let child = Command::new("redis-server")
+                    .current_dir(&node_dir)
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                Redis { child }
+            })
+            .collect();
+        for port in &ports {
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for _ in 0..100 {
+            let info = Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        }
+    }
+}
+
+#[test]
+fn redis_cluster_mode_finds_one_conflict_across_sidecars() {
+    let cluster = RedisCluster::start();
+    assert_eq!(cluster.nodes.len(), 3);
+    let urls: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+        .collect();
+    let config = format!("[cluster]\nredis_url = [{}]\n{WATCHES}", urls.join(", "));
+    let sidecars: Vec<Server> = (0..2).map(|_| Server::start(&config)).collect();
+    // Many sessions, so that their keys spread over the three nodes' slots.
+    for i in 0..20u128 {
+        let session = format!("sess-{i}");
+        sidecars[0].post_traces(&session_use("alice", &session, "pod-1", 100 + i));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..20u128 {
+        let session = format!("sess-{i}");
+        sidecars[1].post_traces(&session_use("bob", &session, "pod-2", 200 + i));
+    }
+    let f = wait_findings(&sidecars, 20);
+    assert_eq!(f.len(), 20, "one finding per shared session: {}", f.len());
+    assert!(
+        f.iter()
+            .all(|f| f["users"] == serde_json::json!(["alice", "bob"]))
+    );
+}
