@@ -263,15 +263,16 @@ fn key() -> impl Strategy<Value = String> {
 
 fn any_value() -> impl Strategy<Value = AnyValue> {
     let leaf = prop_oneof![
-        "[a-z0-9é]{0,16}".prop_map(Value::StringValue),
-        any::<i64>().prop_map(Value::IntValue),
-        prop::collection::vec(any::<u8>(), 0..9).prop_map(Value::BytesValue),
-        any::<bool>().prop_map(Value::BoolValue),
-        any::<f64>().prop_map(Value::DoubleValue),
-        any::<i32>().prop_map(Value::StringValueStrindex),
+        6 => "[a-z0-9é]{0,8}".prop_map(Value::StringValue),
+        1 => "[a-z]{10,16}".prop_map(Value::StringValue),
+        2 => any::<i64>().prop_map(Value::IntValue),
+        2 => prop::collection::vec(any::<u8>(), 0..9).prop_map(Value::BytesValue),
+        1 => any::<bool>().prop_map(Value::BoolValue),
+        1 => any::<f64>().prop_map(Value::DoubleValue),
+        1 => any::<i32>().prop_map(Value::StringValueStrindex),
     ];
     let leaf = prop::option::weighted(0.9, leaf).prop_map(|value| AnyValue { value });
-    leaf.prop_recursive(3, 12, 3, |inner| {
+    let nested = leaf.clone().prop_recursive(3, 12, 3, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..3).prop_map(|values| AnyValue {
                 value: Some(Value::ArrayValue(ArrayValue { values })),
@@ -289,7 +290,8 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
                 })),
             }),
         ]
-    })
+    });
+    prop_oneof![6 => leaf, 1 => nested]
 }
 
 fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
@@ -423,7 +425,7 @@ fn span_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn scope_spans_bytes() -> impl Strategy<Value = Vec<u8>> {
     (
         prop::option::of(("[a-z]{0,4}", attributes())),
-        prop::collection::vec(span_bytes(), 0..4),
+        prop::collection::vec(span_bytes(), 1..4),
     )
         .prop_map(|(scope, spans)| {
             let head = ScopeSpans {
@@ -446,7 +448,7 @@ fn scope_spans_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn resource_spans_bytes() -> impl Strategy<Value = Vec<u8>> {
     (
         prop::collection::vec(attributes(), 0..3),
-        prop::collection::vec(scope_spans_bytes(), 0..3),
+        prop::collection::vec(scope_spans_bytes(), 1..3),
         any::<bool>(),
     )
         .prop_map(|(resources, scopes, resource_last)| {
@@ -470,7 +472,7 @@ fn resource_spans_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(resource_spans_bytes(), 0..3)
+    prop::collection::vec(resource_spans_bytes(), 1..3)
         .prop_map(|rs| rs.iter().flat_map(|r| field(1, r)).collect())
 }
 
