@@ -24,6 +24,7 @@ use crate::sources::events_file::Tailer;
 use crate::sources::otlp_grpc::{self, OtlpGrpc};
 use crate::sources::otlp_http::OtlpHttp;
 use crate::store::{Store, StoreError, StoreReader};
+use crate::tls::Tls;
 
 /// Why crosstalk could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum StartError {
     Key(#[from] crate::privacy::KeyError),
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {name} address {addr}: {source}")]
     Bind {
         name: &'static str,
@@ -153,6 +156,10 @@ impl App {
         };
 
         let otlp_token = BearerToken::load(config.auth.otlp_token_file.as_deref())?;
+        let tls = match &config.tls {
+            Some(t) => Some(Tls::load(&t.cert_file, &t.key_file)?),
+            None => None,
+        };
         let admin_token = BearerToken::load(config.auth.admin_token_file.as_deref())?;
         let extractor = Arc::new(Extractor::new(&config));
         let ctx = Arc::new(IngestContext {
@@ -169,13 +176,15 @@ impl App {
         servers.spawn(crate::http::serve(
             http_listener,
             Arc::new(OtlpHttp { ctx: ctx.clone() }),
+            tls.as_ref().map(|t| t.acceptor.clone()),
             shutdown.clone(),
             grace,
         ));
         let grpc_shutdown = shutdown.clone();
         let grpc = OtlpGrpc::new(ctx);
+        let grpc_tls = tls.clone();
         servers.spawn(async move {
-            if let Err(e) = otlp_grpc::serve(grpc_listener, grpc, grpc_shutdown).await {
+            if let Err(e) = otlp_grpc::serve(grpc_listener, grpc, grpc_tls, grpc_shutdown).await {
                 tracing::error!(error = %e, "OTLP/gRPC server failed");
             }
         });
@@ -187,6 +196,7 @@ impl App {
                 ready: ready.clone(),
                 token: admin_token,
             }),
+            tls.as_ref().map(|t| t.acceptor.clone()),
             shutdown.clone(),
             grace,
         ));

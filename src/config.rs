@@ -63,6 +63,8 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    tls: Option<RawTls>,
     #[serde(default, rename = "watch")]
     watches: Vec<RawWatch>,
 }
@@ -279,6 +281,13 @@ fn default_alert_timeout() -> String {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -360,7 +369,15 @@ pub struct Config {
     pub alertmanager: Option<Alertmanager>,
     pub auth: Auth,
     pub cluster: Option<Cluster>,
+    /// Certificate and key (PEM) for every listener.
+    pub tls: Option<TlsFiles>,
     pub watches: Vec<Watch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Global watches coordinated across sidecars through Redis.
@@ -809,6 +826,10 @@ impl RawConfig {
         Ok(Config {
             listen,
             cluster,
+            tls: self.tls.map(|t| TlsFiles {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+            }),
             privacy,
             alertmanager,
             auth,

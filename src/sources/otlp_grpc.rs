@@ -119,6 +119,7 @@ impl LogsService for OtlpGrpc {
 pub async fn serve(
     listener: TcpListener,
     service: OtlpGrpc,
+    tls: Option<crate::tls::Tls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let max = service.ctx.limits.max_decompressed_bytes;
@@ -149,7 +150,12 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
     let logs = InterceptedService::new(logs, check);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_service(traces)
         .add_service(logs)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())

@@ -672,3 +672,152 @@ fn hmac_mode_keeps_raw_user_ids_out_of_metrics_logs_api_and_alerts() {
         }
     }
 }
+
+#[test]
+fn tls_on_every_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+    let ext = dir.path().join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A CA and a leaf certificate signed by it, as a real deployment has.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    assert!(ca_key.exists());
+    let s = Server::start_in(
+        dir.path(),
+        &format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{FACTORY_WATCH}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(&[&format!("https://127.0.0.1:{}/ready", s.admin.port())]),
+        "200"
+    );
+    let body = dir.path().join("body.pb");
+    std::fs::write(&body, factory_use("alice", "f", 1).encode_to_vec()).unwrap();
+    let url = format!("https://127.0.0.1:{}/v1/traces", s.http.port());
+    assert_eq!(
+        curl(&[
+            "-H",
+            "content-type: application/x-protobuf",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url
+        ]),
+        "200"
+    );
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "-H",
+            "content-type: application/x-protobuf",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url
+        ]),
+        "200"
+    );
+    // Plain HTTP to a TLS listener gets nowhere.
+    let plain = Command::new("curl")
+        .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/ready", s.admin.port()))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+
+    let pem = std::fs::read(&ca).unwrap();
+    let grpc = s.grpc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ok = rt.block_on(async move {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{grpc}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        TraceServiceClient::new(channel).export(factory_use("bob", "f", 2)).await.is_ok()
+    });
+    assert!(ok, "gRPC over TLS");
+    let findings = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&ca)
+        .arg(format!(
+            "https://127.0.0.1:{}/api/v1/findings",
+            s.admin.port()
+        ))
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&findings.stdout).unwrap();
+    assert_eq!(
+        j["findings"][0]["users"],
+        serde_json::json!(["alice", "bob"])
+    );
+}
