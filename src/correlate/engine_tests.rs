@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::correlate::FindingKind;
 use crate::normalize::{Delivery, WatchedId};
 
 const SEC: u64 = 1_000_000_000;
