@@ -269,12 +269,14 @@ impl App {
     /// Run until the shutdown token is cancelled, then shut down.
     pub async fn run_until_shutdown(self) -> Option<Engine> {
         self.shutdown.cancelled().await;
-        self.stop().await
+        self.stop(false).await
     }
 
     /// The one shutdown path: stop accepting, let requests in flight finish, stop the tails,
     /// let the engine take what is queued and commit it. Gives up after the grace period.
-    pub async fn stop(mut self) -> Option<Engine> {
+    /// `settle`: judge observations still waiting for their trace's user now rather than keep
+    /// them for the next start.
+    pub async fn stop(mut self, settle: bool) -> Option<Engine> {
         let deadline = Instant::now() + self.grace;
         self.shutdown.cancel();
         let servers = async { while self.servers.join_next().await.is_some() {} };
@@ -287,7 +289,7 @@ impl App {
             for t in tailers {
                 let _ = t.join();
             }
-            engine.finish()
+            engine.finish(settle)
         });
         let left = deadline
             .saturating_duration_since(Instant::now())

@@ -258,12 +258,12 @@ async fn run_command(
         Ok(s) => s,
         Err(e) => {
             eprintln!("crosstalk: cannot run `{}`: {e}", command[0]);
-            app.stop().await;
+            app.stop(true).await;
             return ExitCode::from(EXIT_USAGE);
         }
     };
     tokio::time::sleep(grace).await;
-    let engine = app.stop().await;
+    let engine = app.stop(true).await;
     let findings: Vec<_> = engine
         .as_ref()
         .map(|e| e.findings().into_iter().cloned().collect())

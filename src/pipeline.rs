@@ -121,6 +121,7 @@ pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 /// hands the engine back (for `crosstalk check`/`run` to read).
 pub struct EngineControl {
     stop: Arc<AtomicBool>,
+    settle_on_stop: Arc<AtomicBool>,
     join: JoinHandle<Engine>,
 }
 
@@ -130,8 +131,11 @@ impl EngineControl {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// Stop and wait for the engine (blocking).
-    pub fn finish(self) -> Option<Engine> {
+    /// Stop and wait for the engine (blocking). `settle`: judge observations still waiting for
+    /// their trace's user now (a `run` that ends), instead of keeping them in the store for the
+    /// next start (a sidecar restarting).
+    pub fn finish(self, settle: bool) -> Option<Engine> {
+        self.settle_on_stop.store(settle, Ordering::Release);
         self.stop();
         self.join.join().ok()
     }
@@ -162,6 +166,7 @@ pub fn spawn(
     };
     let popped = metrics.queue_popped.get_or_create(&label).clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let settle_on_stop = Arc::new(AtomicBool::new(false));
     let worker = EngineWorker {
         engine,
         store,
@@ -170,12 +175,20 @@ pub fn spawn(
         news,
         cluster,
         stop: stop.clone(),
+        settle_on_stop: settle_on_stop.clone(),
     };
     let join = std::thread::Builder::new()
         .name("crosstalk-engine".into())
         .spawn(move || worker.run(rx))
         .expect("spawning the engine thread");
-    (handle, EngineControl { stop, join })
+    (
+        handle,
+        EngineControl {
+            stop,
+            settle_on_stop,
+            join,
+        },
+    )
 }
 
 struct EngineWorker {
@@ -186,6 +199,7 @@ struct EngineWorker {
     news: Option<NewsSink>,
     cluster: Option<ClusterSink>,
     stop: Arc<AtomicBool>,
+    settle_on_stop: Arc<AtomicBool>,
 }
 
 impl EngineWorker {
@@ -238,7 +252,7 @@ impl EngineWorker {
             }
         }
         let now = Received::now();
-        if stopping {
+        if stopping && self.settle_on_stop.load(Ordering::Acquire) {
             self.engine.settle_all(now, &mut fx);
         } else {
             self.engine.tick(now, &mut fx);

@@ -114,6 +114,8 @@ impl Received {
 pub struct Parked {
     pub obs: Observation,
     pub received: Received,
+    /// Its row in the store's `pending` table, so that a restart does not lose it.
+    pub seq: u64,
 }
 
 /// Observations without a user, keyed by trace, released when the trace's user is learned or

@@ -120,6 +120,10 @@ pub struct Effects {
     pub news: Vec<FindingNews>,
     /// New (instance, user) pairs of coordinated global watches, for Redis to judge.
     pub cluster: Vec<ClusterCheck>,
+    /// Observations now waiting for their trace's user: (seq, received, row), to persist.
+    pub parked: Vec<(u64, u64, String)>,
+    /// Waiting observations settled since: their rows go.
+    pub unparked: Vec<u64>,
 }
 
 impl Effects {
@@ -128,6 +132,8 @@ impl Effects {
             && self.bindings.is_empty()
             && self.evicted.is_empty()
             && self.findings.is_empty()
+            && self.parked.is_empty()
+            && self.unparked.is_empty()
     }
 }
 
@@ -137,6 +143,8 @@ pub struct Restored {
     pub scopes: Vec<(String, std::collections::BTreeMap<String, String>)>,
     pub bindings: Vec<BindingRow>,
     pub findings: Vec<FindingRecord>,
+    /// Observations that were waiting for their trace's user: (seq, received, row).
+    pub pending: Vec<(u64, u64, String)>,
 }
 
 struct WatchCounters {
@@ -167,6 +175,9 @@ pub struct Engine {
     pseudonyms: Option<Pseudonymizer>,
     /// Global watches are coordinated through Redis (`[cluster]`).
     cluster: bool,
+    next_parked_seq: u64,
+    /// Restored waiting observations that did not fit; settled at the first tick.
+    restored_overflow: Vec<Parked>,
 }
 
 impl Engine {
@@ -203,6 +214,8 @@ impl Engine {
             counters,
             pseudonyms: None,
             cluster: false,
+            next_parked_seq: 1,
+            restored_overflow: Vec::new(),
         }
     }
 
@@ -282,7 +295,7 @@ impl Engine {
             }
         }
         for parked in released {
-            self.settle(parked.obs, parked.received, received, fx);
+            self.settle_parked(parked, received, fx);
         }
         for obs in batch {
             if !obs.is_relevant() {
@@ -293,10 +306,14 @@ impl Engine {
             match obs.trace_id {
                 Some(trace) if needs_trace && self.wait_ns > 0 && !self.trace_known(&trace) => {
                     let deadline = received.wall_ns.saturating_add(self.wait_ns);
-                    let overflow = self.pending.park(trace, Parked { obs, received }, deadline);
-                    for p in overflow {
+                    let seq = self.next_parked_seq;
+                    self.next_parked_seq += 1;
+                    fx.parked
+                        .push((seq, received.wall_ns, self.parked_row(&obs)));
+                    let parked = Parked { obs, received, seq };
+                    for p in self.pending.park(trace, parked, deadline) {
                         self.count_evicted("", "pending_full");
-                        self.settle(p.obs, p.received, received, fx);
+                        self.settle_parked(p, received, fx);
                     }
                 }
                 _ => self.settle(obs, received, received, fx),
@@ -316,8 +333,11 @@ impl Engine {
 
     /// Periodic work: settle observations whose wait ran out, apply retention, flush `last_seen`.
     pub fn tick(&mut self, now: Received, fx: &mut Effects) {
+        for parked in std::mem::take(&mut self.restored_overflow) {
+            self.settle_parked(parked, now, fx);
+        }
         for parked in self.pending.expired(now.wall_ns) {
-            self.settle(parked.obs, parked.received, now, fx);
+            self.settle_parked(parked, now, fx);
         }
         self.traces.expire(now.wall_ns);
         if now.wall_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_EVERY_NS {
@@ -330,8 +350,18 @@ impl Engine {
     /// Settle everything still waiting (shutdown, end of a `check` run).
     pub fn settle_all(&mut self, now: Received, fx: &mut Effects) {
         for parked in self.pending.drain() {
-            self.settle(parked.obs, parked.received, now, fx);
+            self.settle_parked(parked, now, fx);
         }
+        self.flush_dirty(fx);
+    }
+
+    fn settle_parked(&mut self, parked: Parked, now: Received, fx: &mut Effects) {
+        fx.unparked.push(parked.seq);
+        self.settle(parked.obs, parked.received, now, fx);
+    }
+
+    /// Flush `last_seen` of findings used since the last commit.
+    pub fn flush(&mut self, fx: &mut Effects) {
         self.flush_dirty(fx);
     }
 

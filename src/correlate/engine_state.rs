@@ -4,13 +4,126 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey, Restored, Seed, Use};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey, Received, Restored, Seed, Use,
+};
 use crate::config::Policy;
+use crate::correlate::attribution::Parked;
 use crate::correlate::finding::FindingKind;
-use crate::normalize::{Resource, Signal, SpanId, TraceId};
+use crate::normalize::{Delivery, Observation, Resource, Signal, SpanId, TraceId, WatchedId};
 use crate::sinks::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
 
+/// A waiting observation as the store keeps it. Watches are named, not numbered, so that a
+/// restart with an edited config still reads it.
+#[derive(Serialize, Deserialize)]
+struct ParkedRow {
+    signal: String,
+    start_ns: u64,
+    end_ns: u64,
+    trace_id: String,
+    span_id: Option<String>,
+    identity: BTreeMap<String, String>,
+    resource_user: Option<String>,
+    resource_tenant: Option<String>,
+    user: Option<String>,
+    tenant: Option<String>,
+    watched: Vec<(String, String)>,
+    delivery: Option<[Option<String>; 5]>,
+}
+
 impl Engine {
+    /// The store's row for a waiting observation.
+    pub(super) fn parked_row(&self, obs: &Observation) -> String {
+        let own = |v: &Option<Box<str>>| v.as_deref().map(str::to_owned);
+        let row = ParkedRow {
+            signal: obs.signal.as_str().into(),
+            start_ns: obs.start_ns,
+            end_ns: obs.end_ns,
+            trace_id: obs.trace_id.map(|t| t.to_string()).unwrap_or_default(),
+            span_id: obs.span_id.map(|s| s.to_string()),
+            identity: obs.resource.identity.clone(),
+            resource_user: own(&obs.resource.user),
+            resource_tenant: own(&obs.resource.tenant),
+            user: own(&obs.user),
+            tenant: own(&obs.tenant),
+            watched: obs
+                .watched
+                .iter()
+                .map(|w| {
+                    (
+                        self.watches[w.watch as usize].name.clone(),
+                        w.id.to_string(),
+                    )
+                })
+                .collect(),
+            delivery: obs.delivery.as_deref().map(|d| {
+                [
+                    own(&d.event),
+                    own(&d.connection_id),
+                    own(&d.connection_user),
+                    own(&d.connection_tenant),
+                    own(&d.run_id),
+                ]
+            }),
+        };
+        serde_json::to_string(&row).unwrap_or_default()
+    }
+
+    fn observation_of(&self, row: &str) -> Option<Observation> {
+        let row: ParkedRow = serde_json::from_str(row).ok()?;
+        let boxed = |v: Option<String>| v.map(String::into_boxed_str);
+        let watched = row
+            .watched
+            .into_iter()
+            .filter_map(|(name, id)| {
+                Some(WatchedId {
+                    watch: self.watch_index(&name)?,
+                    id: id.into(),
+                })
+            })
+            .collect();
+        Some(Observation {
+            signal: match row.signal.as_str() {
+                "log" => Signal::Log,
+                "event" => Signal::Event,
+                _ => Signal::Span,
+            },
+            start_ns: row.start_ns,
+            end_ns: row.end_ns,
+            trace_id: TraceId::from_hex(&row.trace_id),
+            span_id: row.span_id.as_deref().and_then(SpanId::from_hex),
+            resource: Arc::new(Resource::from_identity(
+                row.identity,
+                boxed(row.resource_user),
+                boxed(row.resource_tenant),
+            )),
+            user: boxed(row.user),
+            tenant: boxed(row.tenant),
+            watched,
+            delivery: row.delivery.map(
+                |[
+                    event,
+                    connection_id,
+                    connection_user,
+                    connection_tenant,
+                    run_id,
+                ]| {
+                    Box::new(Delivery {
+                        event: boxed(event),
+                        connection_id: boxed(connection_id),
+                        connection_user: boxed(connection_user),
+                        connection_tenant: boxed(connection_tenant),
+                        run_id: boxed(run_id),
+                    })
+                },
+            ),
+        })
+    }
+
     /// Load what the store remembers. Bindings of watches no longer configured are ignored.
     pub fn restore(&mut self, restored: Restored) {
         for (key, identity) in restored.scopes {
@@ -85,6 +198,28 @@ impl Engine {
             self.findings.insert(f.id.clone(), record);
         }
         self.update_tracked_gauges();
+        let now = crate::correlate::finding::now_ns();
+        for (seq, received_ns, row) in restored.pending {
+            self.next_parked_seq = self.next_parked_seq.max(seq + 1);
+            let Some(obs) = self.observation_of(&row) else {
+                continue;
+            };
+            let Some(trace) = obs.trace_id else {
+                continue;
+            };
+            let received = Received {
+                wall_ns: received_ns,
+                at: std::time::Instant::now(),
+            };
+            // A fresh wait: the trace's user may arrive now that crosstalk is back.
+            let deadline = now.saturating_add(self.wait_ns);
+            // Over capacity after a restart with a smaller bound: the oldest are settled at
+            // the first tick instead (their deadline has passed).
+            let overflow = self
+                .pending
+                .park(trace, Parked { obs, received, seq }, deadline);
+            self.restored_overflow.extend(overflow);
+        }
     }
 
     pub(super) fn update_tracked_gauges(&self) {

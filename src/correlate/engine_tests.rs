@@ -537,6 +537,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
             .collect(),
         bindings: fx.bindings.clone(),
         findings: Vec::new(),
+        pending: Vec::new(),
     };
     let mut second = Engine::new(&cfg, Arc::new(Metrics::new()));
     second.restore(restored);
@@ -560,6 +561,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
             .collect(),
         bindings,
         findings: fx2.findings.clone(),
+        pending: Vec::new(),
     });
     let mut fx3 = Effects::default();
     third.ingest(

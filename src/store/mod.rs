@@ -63,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
         last_sent_ns INTEGER
      );
      CREATE INDEX alert_outbox_due ON alert_outbox (due_ns);",
+    // 3: observations acknowledged while still waiting for their trace's user.
+    "CREATE TABLE pending (
+        seq INTEGER PRIMARY KEY,
+        received_ns INTEGER NOT NULL,
+        body TEXT NOT NULL
+     );",
 ];
 
 /// How far a tailed file has been read and committed.
@@ -195,6 +201,19 @@ impl Store {
                 last_seen_ns: last_seen as u64,
             });
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, received_ns, body FROM pending ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            restored.pending.push(row?);
+        }
         Ok(restored)
     }
 
@@ -292,6 +311,16 @@ impl Store {
                     c.offset as i64,
                     now_ns as i64
                 ])?;
+            }
+            let mut park = tx.prepare_cached(
+                "INSERT OR REPLACE INTO pending (seq, received_ns, body) VALUES (?1, ?2, ?3)",
+            )?;
+            for (seq, received, body) in &fx.parked {
+                park.execute(params![*seq as i64, *received as i64, body])?;
+            }
+            let mut unpark = tx.prepare_cached("DELETE FROM pending WHERE seq = ?1")?;
+            for seq in &fx.unparked {
+                unpark.execute(params![*seq as i64])?;
             }
             if self.alerting {
                 // New or grown: send now. Merely used again: re-arm only if it had resolved.

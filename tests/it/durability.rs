@@ -205,3 +205,33 @@ fn overload_through_the_real_sdk_exporter_answers_503_and_loses_nothing() {
         "every span's binding made it"
     );
 }
+
+#[test]
+fn span_still_waiting_for_its_trace_user_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[attribution]\nwait = \"30s\"\n{FACTORY_WATCH}");
+    let mut s = Server::start_in(dir.path(), &config);
+    // The factory span arrives first, without a user; its root span has not been exported yet.
+    let child = traces(
+        "agent-backend",
+        "pod-1",
+        vec![span(1, 11, &[("agent_factory.instance_id", "f")])],
+    );
+    assert_eq!(s.post_traces(&child).status, 200);
+    s.kill9();
+    let s = Server::start_in(dir.path(), &config);
+    let root = traces(
+        "agent-backend",
+        "pod-1",
+        vec![span(1, 10, &[("user.id", "alice")])],
+    );
+    assert_eq!(s.post_traces(&root).status, 200);
+    assert_eq!(s.post_traces(&factory_use("bob", "f", 2)).status, 200);
+    let f = s.findings();
+    assert_eq!(
+        f.len(),
+        1,
+        "the acknowledged span was kept across the crash"
+    );
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
+}
