@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Effects, Engine, FindingNews, FindingRecord, InstanceKey, Received, Seed, Use};
 use crate::config::Scope;
 use crate::correlate::finding::{Evidence, Finding, FindingKind, finding_id, rfc3339};
-use crate::normalize::{Observation, TraceId};
+use crate::normalize::{Observation, Resource, TraceId};
 use crate::sinks::metrics::WatchServiceLabels;
 
 /// A new (instance, user) pair of a coordinated watch: what Redis records and judges.
@@ -49,12 +49,46 @@ pub struct RemoteConflict {
 }
 
 impl Engine {
+    /// The check for a binding just made by `obs`.
     pub(super) fn cluster_check(
         &self,
         key: &InstanceKey,
         u: &Use,
         obs: &Observation,
         seed: Seed,
+    ) -> ClusterCheck {
+        let evidence = self.evidence(&u.user, u.tenant.as_deref(), seed, Some(obs));
+        self.check_of(key, u, (obs.start_ns, obs.end_ns), evidence, &obs.resource)
+    }
+
+    /// Every global binding this sidecar knows, to publish again after Redis lost its state.
+    pub fn cluster_resync(&self) -> Vec<ClusterCheck> {
+        let mut out = Vec::new();
+        for (key, state) in &self.instances {
+            if self.watches[key.watch as usize].scope != Scope::Global {
+                continue;
+            }
+            for u in &state.uses {
+                let interval = u
+                    .intervals
+                    .last()
+                    .copied()
+                    .unwrap_or((u.first_ns, u.last_ns));
+                let evidence = self.evidence(&u.user, u.tenant.as_deref(), u.first, None);
+                let resource = &self.scopes[u.first.scope as usize];
+                out.push(self.check_of(key, u, interval, evidence, resource));
+            }
+        }
+        out
+    }
+
+    fn check_of(
+        &self,
+        key: &InstanceKey,
+        u: &Use,
+        (start_ns, end_ns): (u64, u64),
+        evidence: Evidence,
+        resource: &Resource,
     ) -> ClusterCheck {
         let w = &self.watches[key.watch as usize];
         ClusterCheck {
@@ -65,43 +99,13 @@ impl Engine {
             instance: key.id.to_string(),
             user: u.user.to_string(),
             tenant: u.tenant.as_deref().map(str::to_owned),
-            start_ns: obs.start_ns,
-            end_ns: obs.end_ns,
-            evidence: self.evidence(&u.user, u.tenant.as_deref(), seed, Some(obs)),
-            scope: obs.resource.identity.clone(),
-            service: obs.resource.service().to_owned(),
-            trace_id: obs.trace_id.map(|t| t.to_string()),
+            start_ns,
+            end_ns,
+            trace_id: evidence.trace_id.clone(),
+            evidence,
+            scope: resource.identity.clone(),
+            service: resource.service().to_owned(),
         }
-    }
-
-    /// Every global binding this sidecar knows, to publish again after Redis lost its state.
-    pub fn cluster_resync(&self) -> Vec<ClusterCheck> {
-        let mut out = Vec::new();
-        for (key, state) in &self.instances {
-            let w = &self.watches[key.watch as usize];
-            if w.scope != Scope::Global {
-                continue;
-            }
-            for u in &state.uses {
-                let resource = self.scopes[u.first.scope as usize].clone();
-                out.push(ClusterCheck {
-                    watch: w.name.clone(),
-                    policy: w.policy.as_str().into(),
-                    boundary: w.boundary.as_str().into(),
-                    retention_ms: w.retention.as_millis() as u64,
-                    instance: key.id.to_string(),
-                    user: u.user.to_string(),
-                    tenant: u.tenant.as_deref().map(str::to_owned),
-                    start_ns: u.intervals.last().map_or(u.first_ns, |i| i.0),
-                    end_ns: u.intervals.last().map_or(u.last_ns, |i| i.1),
-                    evidence: self.evidence(&u.user, u.tenant.as_deref(), u.first, None),
-                    scope: resource.identity.clone(),
-                    service: resource.service().to_owned(),
-                    trace_id: u.first.trace_id.map(|t| t.to_string()),
-                });
-            }
-        }
-        out
     }
 
     /// Raise (or grow) the finding Redis says this sidecar owns.
