@@ -616,3 +616,22 @@ fn hmac_mode_binds_pseudonyms_only() {
         [p.pseudonym("carol"), p.pseudonym("dave")]
     );
 }
+
+#[test]
+fn misdelivery_across_tenants_is_flagged_as_such() {
+    let cfg = config("exclusive", "process", "user");
+    let mut across = delivery("alice", "bob", "c1");
+    across.tenant = Some("acme".into());
+    across.delivery.as_mut().unwrap().connection_tenant = Some("globex".into());
+    let mut within = delivery("carol", "dave", "c2");
+    within.tenant = Some("acme".into());
+    within.delivery.as_mut().unwrap().connection_tenant = Some("acme".into());
+    let (_, findings) = run(&cfg, vec![across, within]);
+    let by_conn = |c: &str| findings.iter().find(|f| f.finding.instance == c).unwrap().finding.clone();
+    let across = by_conn("c1");
+    assert!(across.cross_tenant);
+    assert_eq!(across.tenants, ["acme", "globex"]);
+    let within = by_conn("c2");
+    assert!(!within.cross_tenant);
+    assert_eq!(within.tenants, ["acme"]);
+}
