@@ -136,7 +136,6 @@ impl App {
             store,
             config.limits.queue_capacity,
             metrics.clone(),
-            None,
             cluster_sink,
         );
 

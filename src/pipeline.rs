@@ -16,7 +16,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-use crate::correlate::engine::{ClusterCheck, FindingNews, RemoteConflict};
+use crate::correlate::engine::{ClusterCheck, RemoteConflict};
 use crate::correlate::{Effects, Engine, Received};
 use crate::normalize::Observation;
 use crate::sinks::metrics::{Metrics, QueueLabels};
@@ -111,9 +111,6 @@ impl IngestHandle {
     }
 }
 
-/// Receives the findings each commit created or grew (alerting, logs).
-pub type NewsSink = Box<dyn FnMut(&[FindingNews], &Engine) + Send>;
-
 /// Receives the new global bindings each commit made, for Redis to judge.
 pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 
@@ -148,7 +145,6 @@ pub fn spawn(
     store: Store,
     capacity: usize,
     metrics: Arc<Metrics>,
-    news: Option<NewsSink>,
     cluster: Option<ClusterSink>,
 ) -> (IngestHandle, EngineControl) {
     let (tx, rx) = sync_channel(capacity);
@@ -172,7 +168,6 @@ pub fn spawn(
         store,
         metrics,
         popped,
-        news,
         cluster,
         stop: stop.clone(),
         settle_on_stop: settle_on_stop.clone(),
@@ -196,7 +191,6 @@ struct EngineWorker {
     store: Store,
     metrics: Arc<Metrics>,
     popped: Counter,
-    news: Option<NewsSink>,
     cluster: Option<ClusterSink>,
     stop: Arc<AtomicBool>,
     settle_on_stop: Arc<AtomicBool>,
@@ -289,9 +283,6 @@ impl EngineWorker {
                         "cross-user leak"
                     );
                 }
-            }
-            if let Some(news) = self.news.as_mut() {
-                news(&fx.news, &self.engine);
             }
         }
     }
