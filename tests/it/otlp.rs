@@ -122,7 +122,11 @@ fn openmetrics_scrape_carries_the_trace_exemplar() {
     let text = r.text();
     let line = text
         .lines()
-        .find(|l| l.starts_with("crosstalk_findings_total{"))
+        .find(|l| {
+            l.starts_with(
+                "crosstalk_findings_total{type=\"shared_instance\",watch=\"agent_factory\"",
+            )
+        })
         .unwrap();
     assert!(
         line.contains(&format!("# {{trace_id=\"{:032x}\"}}", 11u128)),
