@@ -269,7 +269,7 @@ pub struct Extractor {
     watch_keys: KeyMap<Vec<u16>>,
     /// Every key in the three maps above: most attributes are none of them, and one lookup
     /// tells so (the zero-copy reader then never even formats the value).
-    read_keys: HashSet<String, foldhash::fast::RandomState>,
+    read_keys: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     pub max_id_bytes: usize,
     pub max_attributes: usize,
     pub event_fields: crate::config::EventFields,
@@ -295,7 +295,7 @@ impl Extractor {
         let tenant_keys = rank(&config.identity.tenant_attributes);
         let read_keys = (user_keys.keys().chain(tenant_keys.keys()))
             .chain(watch_keys.keys())
-            .cloned()
+            .map(|k| k.as_bytes().into())
             .collect();
         Extractor {
             user_keys,
@@ -310,7 +310,8 @@ impl Extractor {
     }
 
     /// Whether an attribute under `key` can matter to [`AttributeScan::offer`].
-    pub fn reads(&self, key: &str) -> bool {
+    /// Takes bytes so that a key can be ruled out before it is converted to text.
+    pub fn reads(&self, key: &[u8]) -> bool {
         self.read_keys.contains(key)
     }
 
@@ -345,7 +346,7 @@ impl AttributeScan {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return;
         };
-        if ex.reads(key) && has_control_chars(value) {
+        if ex.reads(key.as_bytes()) && has_control_chars(value) {
             self.control_chars = true;
             return;
         }

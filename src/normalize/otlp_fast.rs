@@ -86,33 +86,45 @@ pub fn observe_traces_protobuf(
     Ok(walk.out)
 }
 
+fn utf8(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| FastDecodeError::InvalidUtf8)
+}
+
 /// A cursor over one message's bytes. Nested messages get their own reader over exactly their
 /// bytes, so a field that runs past its message's end is an error, as it is for prost.
 #[derive(Clone, Copy)]
 struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader { rest: buf }
     }
 
     /// Prost's varint rules: at most 10 bytes, the 10th at most 1; overlong encodings pass.
-    #[inline]
+    /// Keys and most lengths are one byte, hence the split.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64> {
+        match self.rest {
+            [b, rest @ ..] if *b < 0x80 => {
+                self.rest = rest;
+                Ok(u64::from(*b))
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64> {
         let mut value = 0u64;
-        for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(FastDecodeError::InvalidVarint);
-            };
-            self.pos += 1;
+        for (i, &b) in self.rest.iter().take(10).enumerate() {
             if i == 9 && b >= 0x02 {
-                return Err(FastDecodeError::InvalidVarint);
+                break;
             }
             value |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
+                self.rest = &self.rest[i + 1..];
                 return Ok(value);
             }
         }
@@ -120,9 +132,9 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field's tag and wire type, or None at the end of the message.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Result<Option<(u32, u8)>> {
-        if self.pos >= self.buf.len() {
+        if self.rest.is_empty() {
             return Ok(None);
         }
         let key = self.varint()?;
@@ -133,15 +145,14 @@ impl<'a> Reader<'a> {
         Ok(Some(((key >> 3) as u32, wire_type)))
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
-        let rest = self.buf.len() - self.pos;
-        if n > rest as u64 {
+        if n > self.rest.len() as u64 {
             return Err(FastDecodeError::Truncated);
         }
-        let start = self.pos;
-        self.pos += n as usize;
-        Ok(&self.buf[start..self.pos])
+        let (taken, rest) = self.rest.split_at(n as usize);
+        self.rest = rest;
+        Ok(taken)
     }
 
     #[inline]
@@ -164,9 +175,16 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    /// A string field's bytes, checked to be UTF-8 but not converted: most are never looked at
+    /// as text, and the ASCII check is cheaper than `from_utf8` on short strings.
     #[inline]
-    fn string(&mut self, tag: u32, wt: u8) -> Result<&'a str> {
-        std::str::from_utf8(self.bytes(tag, wt)?).map_err(|_| FastDecodeError::InvalidUtf8)
+    fn text(&mut self, tag: u32, wt: u8) -> Result<&'a [u8]> {
+        let b = self.bytes(tag, wt)?;
+        if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+            Ok(b)
+        } else {
+            Err(FastDecodeError::InvalidUtf8)
+        }
     }
 
     /// A nested message's bytes; `ctx` is the depth counter of the fields around it.
@@ -240,7 +258,7 @@ impl<'a> Reader<'a> {
                 self.take(4).map(drop)
             }
             Some(Kind::Bytes) => self.bytes(tag, wt).map(drop),
-            Some(Kind::Str) => self.string(tag, wt).map(drop),
+            Some(Kind::Str) => self.text(tag, wt).map(drop),
             Some(Kind::Message(inner)) => self.message(tag, wt, ctx)?.validate(inner, ctx - 1),
         }
     }
@@ -342,7 +360,8 @@ impl Msg {
 #[derive(Clone, Copy)]
 enum IdValue<'a> {
     None,
-    Str(&'a str),
+    /// Checked UTF-8, converted only when used.
+    Str(&'a [u8]),
     Int(i64),
     Bytes(&'a [u8]),
 }
@@ -352,7 +371,7 @@ impl IdValue<'_> {
     fn as_id<'s>(&'s self, scratch: &'s mut String) -> Option<&'s str> {
         match *self {
             IdValue::None => None,
-            IdValue::Str(s) => Some(s),
+            IdValue::Str(s) => utf8(s).ok(),
             IdValue::Int(i) => {
                 scratch.clear();
                 let _ = write!(scratch, "{i}");
@@ -370,13 +389,13 @@ impl IdValue<'_> {
     }
 }
 
-/// Read a `KeyValue`: its key (last one wins) and its value as an id.
-fn key_value<'a>(mut r: Reader<'a>, ctx: u32) -> Result<(&'a str, IdValue<'a>)> {
-    let mut key = "";
+/// Read a `KeyValue`: its key (last one wins; checked UTF-8) and its value as an id.
+fn key_value<'a>(mut r: Reader<'a>, ctx: u32) -> Result<(&'a [u8], IdValue<'a>)> {
+    let mut key: &[u8] = b"";
     let mut value = IdValue::None;
     while let Some((tag, wt)) = r.key()? {
         match tag {
-            1 => key = r.string(tag, wt)?,
+            1 => key = r.text(tag, wt)?,
             2 => any_value(r.message(tag, wt, ctx)?, ctx - 1, &mut value)?,
             _ => r.check(Msg::KeyValue, tag, wt, ctx)?,
         }
@@ -388,7 +407,7 @@ fn key_value<'a>(mut r: Reader<'a>, ctx: u32) -> Result<(&'a str, IdValue<'a>)> 
 fn any_value<'a>(mut r: Reader<'a>, ctx: u32, value: &mut IdValue<'a>) -> Result<()> {
     while let Some((tag, wt)) = r.key()? {
         *value = match tag {
-            1 => IdValue::Str(r.string(tag, wt)?),
+            1 => IdValue::Str(r.text(tag, wt)?),
             3 => IdValue::Int(r.int(tag, wt)? as i64),
             7 => IdValue::Bytes(r.bytes(tag, wt)?),
             2 | 4 | 5 | 6 | 8 => {
@@ -461,7 +480,7 @@ impl Walk<'_> {
                 let (key, value) = key_value(r.message(tag, wt, ctx)?, ctx - 1)?;
                 if *offered < self.ex.max_attributes {
                     *offered += 1;
-                    builder.offer(self.ex, key, value.as_id(&mut self.scratch));
+                    builder.offer(self.ex, utf8(key)?, value.as_id(&mut self.scratch));
                 }
             } else {
                 r.check(Msg::Resource, tag, wt, ctx)?;
@@ -502,7 +521,7 @@ impl Walk<'_> {
                     if attributes < ex.max_attributes {
                         attributes += 1;
                         if ex.reads(key) {
-                            scan.offer(ex, key, value.as_id(&mut self.scratch));
+                            scan.offer(ex, utf8(key)?, value.as_id(&mut self.scratch));
                         }
                     }
                 }
