@@ -24,7 +24,7 @@ use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, json as json_response, media_type, respond};
 use crate::normalize::events::observe_event_value;
-use crate::normalize::{Tally, events::observe_event_line, otlp};
+use crate::normalize::{Tally, events::observe_event_line, otlp, otlp_fast};
 
 const SOURCE: &str = "otlp_http";
 const EVENTS_SOURCE: &str = "events_http";
@@ -117,15 +117,25 @@ impl Handler for OtlpHttp {
 
 impl OtlpHttp {
     async fn traces(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
-        let request: ExportTraceServiceRequest = match decode(encoding, &body) {
-            Ok(r) => r,
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let ex = &self.ctx.extractor;
+        // Protobuf goes through the zero-copy reader, which accepts exactly what prost accepts
+        // (see `normalize::otlp_fast`) without building the message.
+        let obs = match encoding {
+            Encoding::Protobuf => {
+                otlp_fast::observe_traces_protobuf(&body, ex, received.wall_ns, &mut tally)
+                    .map_err(|e| format!("invalid protobuf: {e}"))
+            }
+            Encoding::Json => decode::<ExportTraceServiceRequest>(encoding, &body)
+                .map(|request| otlp::observe_traces(&request, ex, received.wall_ns, &mut tally)),
+        };
+        let obs = match obs {
+            Ok(obs) => obs,
             Err(msg) => {
                 return self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg);
             }
         };
-        let received = Received::now();
-        let mut tally = Tally::default();
-        let obs = otlp::observe_traces(&request, &self.ctx.extractor, received.wall_ns, &mut tally);
         if let Err(e) = self
             .ctx
             .submit_and_wait(obs, received, "traces", "http", tally.accepted())
