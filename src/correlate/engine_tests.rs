@@ -627,7 +627,14 @@ fn misdelivery_across_tenants_is_flagged_as_such() {
     within.tenant = Some("acme".into());
     within.delivery.as_mut().unwrap().connection_tenant = Some("acme".into());
     let (_, findings) = run(&cfg, vec![across, within]);
-    let by_conn = |c: &str| findings.iter().find(|f| f.finding.instance == c).unwrap().finding.clone();
+    let by_conn = |c: &str| {
+        findings
+            .iter()
+            .find(|f| f.finding.instance == c)
+            .unwrap()
+            .finding
+            .clone()
+    };
     let across = by_conn("c1");
     assert!(across.cross_tenant);
     assert_eq!(across.tenants, ["acme", "globex"]);
