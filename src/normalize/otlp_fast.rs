@@ -461,8 +461,8 @@ impl Walk<'_> {
             if tag == 2 {
                 self.scope_spans(second.message(tag, wt, ctx)?, ctx - 1, &resource)?;
             } else {
-                // Checked in the first pass.
-                second.check(Msg::ResourceSpans, tag, wt, ctx)?;
+                // Checked in the first pass; only stepped over here.
+                second.skip(tag, wt, ctx)?;
             }
         }
         Ok(())
