@@ -7,10 +7,15 @@
 //!  event files┘    per task)                                       └─> findings API (api/)
 //! ```
 //!
-//! A newcomer follows one span: [`sources::otlp_http`] reads and decodes the request,
-//! [`normalize::otlp`] turns each span into an [`normalize::Observation`], [`pipeline`] queues the
-//! batch to the engine thread, [`correlate::engine`] decides whether the instance now serves a
-//! second user, and [`store`] makes the result durable before the request is answered.
+//! A newcomer follows one span: [`sources::otlp_http`] reads the request,
+//! [`normalize::otlp_fast`] reads each span of a protobuf body straight from its bytes
+//! ([`normalize::otlp`] does the same from a decoded message: JSON, gRPC) into an
+//! [`normalize::Observation`], [`pipeline`] queues the batch to the engine thread,
+//! [`correlate::engine`] decides whether the instance now serves a second user, and [`store`]
+//! makes the result durable before the request is answered.
+//!
+//! Performance is measured by `scripts/bench` (criterion benches under `benches/`, the
+//! `crosstalk-loadgen` binary); `fuzz/` holds the cargo-fuzz targets.
 #![forbid(unsafe_code)]
 
 pub mod api;
