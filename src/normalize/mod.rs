@@ -309,7 +309,7 @@ impl Extractor {
         }
     }
 
-    /// Whether an attribute under `key` can matter to [`AttributeScan::offer`].
+    /// Whether an attribute under `key` can matter to normalization (user, tenant or watch key).
     /// Takes bytes so that a key can be ruled out before it is converted to text.
     pub fn reads(&self, key: &[u8]) -> bool {
         self.read_keys.contains(key)
