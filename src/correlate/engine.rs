@@ -545,6 +545,11 @@ impl Engine {
                     },
                     first: seed,
                 };
+                // Most instances only ever see one user: without this, the first push reserves
+                // room for four `Use`s (448 bytes) per tracked instance.
+                if state.uses.is_empty() {
+                    state.uses.reserve_exact(1);
+                }
                 state.uses.push(u.clone());
                 if coordinated && policy != Policy::Allow {
                     fx.cluster.push(self.cluster_check(&key, &u, obs, seed));
