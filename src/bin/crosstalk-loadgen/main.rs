@@ -199,6 +199,12 @@ fn pacing(args: &Args) -> Option<Duration> {
     })
 }
 
+/// Where connection `c` starts within the first gap: exporters are not synchronized, and paced
+/// connections that all fire at once would measure their own bursts.
+fn stagger(gap: Option<Duration>, c: usize, connections: usize) -> Duration {
+    gap.map_or(Duration::ZERO, |g| g.mul_f64(c as f64 / connections as f64))
+}
+
 fn run_http(
     addr: SocketAddr,
     args: &Args,
@@ -208,6 +214,7 @@ fn run_http(
 ) -> Vec<f64> {
     let deadline = Instant::now() + args.duration;
     let gap = pacing(args);
+    let connections = args.connections;
     let batch = args.batch as u64;
     let threads: Vec<_> = (0..args.connections)
         .map(|c| {
@@ -222,7 +229,7 @@ fn run_http(
                         return latencies;
                     }
                 };
-                let mut next = Instant::now();
+                let mut next = Instant::now() + stagger(gap, c, connections);
                 let mut i = c;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     if let Some(gap) = gap {
@@ -287,6 +294,7 @@ fn run_grpc(
     let batches = Arc::new(batches);
     let deadline = Instant::now() + args.duration;
     let gap = pacing(args);
+    let connections = args.connections;
     let batch = args.batch as u64;
     runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -302,7 +310,7 @@ fn run_grpc(
                         return latencies;
                     }
                 };
-                let mut next = tokio::time::Instant::now();
+                let mut next = tokio::time::Instant::now() + stagger(gap, c, connections);
                 let mut i = c;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     if let Some(gap) = gap {
