@@ -24,7 +24,7 @@ use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, json as json_response, media_type, respond};
 use crate::normalize::events::observe_event_value;
-use crate::normalize::{Tally, events::observe_event_line, otlp, otlp_fast};
+use crate::normalize::{Observation, Tally, events::observe_event_line, otlp, otlp_fast};
 
 const SOURCE: &str = "otlp_http";
 const EVENTS_SOURCE: &str = "events_http";
@@ -130,20 +130,9 @@ impl OtlpHttp {
             Encoding::Json => decode::<ExportTraceServiceRequest>(encoding, &body)
                 .map(|request| otlp::observe_traces(&request, ex, received.wall_ns, &mut tally)),
         };
-        let obs = match obs {
-            Ok(obs) => obs,
-            Err(msg) => {
-                return self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg);
-            }
-        };
-        if let Err(e) = self
-            .ctx
-            .submit_and_wait(obs, received, "traces", "http", tally.accepted())
-            .await
-        {
-            return self.unavailable(encoding, e);
+        if let Err(refused) = self.admit(encoding, obs, received, &tally, "traces").await {
+            return refused;
         }
-        self.ctx.count_rejections(SOURCE, &tally);
         let response = ExportTraceServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: tally.rejected_total() as i64,
@@ -154,23 +143,14 @@ impl OtlpHttp {
     }
 
     async fn logs(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
-        let request: ExportLogsServiceRequest = match decode(encoding, &body) {
-            Ok(r) => r,
-            Err(msg) => {
-                return self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg);
-            }
-        };
         let received = Received::now();
         let mut tally = Tally::default();
-        let obs = otlp::observe_logs(&request, &self.ctx.extractor, received.wall_ns, &mut tally);
-        if let Err(e) = self
-            .ctx
-            .submit_and_wait(obs, received, "logs", "http", tally.accepted())
-            .await
-        {
-            return self.unavailable(encoding, e);
+        let ex = &self.ctx.extractor;
+        let obs = decode::<ExportLogsServiceRequest>(encoding, &body)
+            .map(|request| otlp::observe_logs(&request, ex, received.wall_ns, &mut tally));
+        if let Err(refused) = self.admit(encoding, obs, received, &tally, "logs").await {
+            return refused;
         }
-        self.ctx.count_rejections(SOURCE, &tally);
         let response = ExportLogsServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: tally.rejected_total() as i64,
@@ -178,6 +158,27 @@ impl OtlpHttp {
             }),
         };
         encode(encoding, &response)
+    }
+
+    /// Answer a decode error with 400, else submit and wait until durable (503 when refused);
+    /// count the payload's per-item rejections once it is taken.
+    async fn admit(
+        &self,
+        encoding: Encoding,
+        observations: Result<Vec<Observation>, String>,
+        received: Received,
+        tally: &Tally,
+        signal: &'static str,
+    ) -> Result<(), HttpResponse> {
+        let observations = observations.map_err(|msg| {
+            self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg)
+        })?;
+        self.ctx
+            .submit_and_wait(observations, received, signal, "http", tally.accepted())
+            .await
+            .map_err(|e| self.unavailable(encoding, e))?;
+        self.ctx.count_rejections(SOURCE, tally);
+        Ok(())
     }
 
     /// `/v1/events`: NDJSON (one event per line) or a JSON array of events. The answer counts
