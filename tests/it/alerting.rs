@@ -49,10 +49,7 @@ fn start_alertmanager(dir: &Path, port: u16) -> Proc {
         .spawn()
         .expect("prometheus-alertmanager (Debian package prometheus-alertmanager; scripts/test installs it)");
     let am = Proc(child);
-    wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200
-    });
+    wait_ready(port, Duration::from_secs(20));
     am
 }
 
@@ -81,11 +78,18 @@ fn start_prometheus(dir: &Path, port: u16, admin: std::net::SocketAddr, am_port:
         .spawn()
         .expect("prometheus (Debian package prometheus; scripts/test installs it)");
     let p = Proc(child);
-    wait_until(Duration::from_secs(30), || {
+    wait_ready(port, Duration::from_secs(30));
+    p
+}
+
+/// Wait for a Prometheus-family server's `/-/ready`; a server that never gets there fails here,
+/// not in a later, puzzling assertion.
+fn wait_ready(port: u16, timeout: Duration) {
+    let ready = wait_until(timeout, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200
     });
-    p
+    assert!(ready, "server on port {port} not ready within {timeout:?}");
 }
 
 fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {

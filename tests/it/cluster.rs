@@ -12,30 +12,33 @@ struct Redis {
     child: Child,
 }
 
+/// `redis-server` on loopback, without persistence: a restart comes back empty.
+fn redis_command(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null());
+    cmd
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server on port {port} did not start");
+}
+
 impl Redis {
     fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
+        let child = redis_command(port)
             .spawn()
             .expect("redis-server (Debian package redis-server; scripts/test installs it)");
         let r = Redis { child };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start");
+        wait_for_port(port);
+        r
     }
 
     fn kill9(&mut self) {
@@ -241,39 +244,22 @@ impl RedisCluster {
             .map(|port| {
                 let node_dir = dir.path().join(port.to_string());
                 std::fs::create_dir_all(&node_dir).unwrap();
-                let child = Command::new("redis-server")
+                let child = redis_command(*port)
                     .current_dir(&node_dir)
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ])
                     .args([
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
                         "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
                     ])
-                    .stdout(Stdio::null())
+                    .args(["--cluster-node-timeout", "2000"])
                     .spawn()
                     .unwrap();
                 Redis { child }
             })
             .collect();
         for port in &ports {
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for_port(*port);
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
