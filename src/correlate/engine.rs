@@ -469,14 +469,18 @@ impl Engine {
         let boundary = watch.boundary;
         // Global watches in a cluster are judged by Redis, across every sidecar.
         let coordinated = self.cluster && watch.scope == Scope::Global;
-        let is_new_instance = !self.instances.contains_key(&key);
-        if is_new_instance && self.instances.len() >= self.max_instances {
+        // Only at the cap does a second lookup pay for itself; otherwise one `entry` both
+        // finds the instance and says whether it is new.
+        if self.instances.len() >= self.max_instances && !self.instances.contains_key(&key) {
             self.evict_least_recent(fx);
         }
-        let state = self.instances.entry(key.clone()).or_default();
-        if is_new_instance {
-            self.counters[key.watch as usize].tracked.inc();
-        }
+        let state = match self.instances.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.counters[key.watch as usize].tracked.inc();
+                v.insert(InstanceState::default())
+            }
+        };
         state.touched_s = received.wall_ns / 1_000_000_000;
         let (s, e) = (obs.start_ns, obs.end_ns);
         let seed = Seed {
