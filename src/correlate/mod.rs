@@ -2,10 +2,12 @@
 //!
 //! - [`attribution`]: which user a trace served, and spans waiting to learn it;
 //! - [`engine`]: per-instance bindings, policies, scopes, boundaries, misdelivered events;
+//! - [`evidence`]: per-watch numbers and verdicts (isolated, leaking, blind, ...);
 //! - [`finding`]: the findings contract.
 
 pub mod attribution;
 pub mod engine;
+pub mod evidence;
 pub mod finding;
 
 pub use attribution::Received;
