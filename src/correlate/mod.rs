@@ -1,11 +1,13 @@
 //! Correlation: from observations to findings.
 //!
 //! - [`attribution`]: which user a trace served, and spans waiting to learn it;
+//! - [`distinct`]: distinct counts, exact while small and a HyperLogLog sketch beyond;
 //! - [`engine`]: per-instance bindings, policies, scopes, boundaries, misdelivered events;
 //! - [`evidence`]: per-watch numbers and verdicts (isolated, leaking, blind, ...);
 //! - [`finding`]: the findings contract.
 
 pub mod attribution;
+pub mod distinct;
 pub mod engine;
 pub mod evidence;
 pub mod finding;
