@@ -92,10 +92,89 @@ pub struct Finding {
     pub evidence: Vec<Evidence>,
 }
 
+/// What a finding is about: everything fixed when it is raised. Its id derives from
+/// (kind, watch, scope key, instance).
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub kind: FindingKind,
+    pub watch: &'a str,
+    /// The interned process scope of the instance; empty for global watches.
+    pub scope_key: &'a str,
+    pub instance: &'a str,
+    /// Resource attributes of the process that reported it.
+    pub scope: BTreeMap<String, String>,
+    pub service: &'a str,
+    pub policy: &'a str,
+    pub boundary: &'a str,
+    /// The watch's severity; growth across tenants raises it to `critical`.
+    pub severity: &'a str,
+}
+
+/// What one `absorb` (the engine's single growth path for findings) changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Growth {
+    /// Users the finding did not count before.
+    pub users: u64,
+    /// Tenants it did not name before.
+    pub tenants: usize,
+    /// It crossed tenants with this growth and its severity was raised to `critical`.
+    pub escalated: bool,
+    /// `last_seen` moved later.
+    pub last_seen: bool,
+}
+
+impl Growth {
+    /// News for sinks that react to a finding (alerts, logs): more users, or now critical.
+    pub fn is_news(&self) -> bool {
+        self.users > 0 || self.escalated
+    }
+
+    /// Anything that must be written back.
+    pub fn changed(&self) -> bool {
+        self.is_news() || self.tenants > 0 || self.last_seen
+    }
+}
+
 impl Finding {
-    /// Record one more user; false when the user was already named.
-    pub fn add_user(&mut self, user: &str) -> bool {
-        if self.users.iter().any(|u| u == user) {
+    /// A finding with no users yet: the engine's `absorb` adds them. `first_seen` is fixed here;
+    /// `last_seen` starts there and only moves later.
+    pub fn new(subject: Subject<'_>, first_seen_ns: u64, detected_ns: u64) -> Finding {
+        Finding {
+            id: finding_id(
+                subject.kind,
+                subject.watch,
+                subject.scope_key,
+                subject.instance,
+            ),
+            kind: subject.kind,
+            watch: subject.watch.to_owned(),
+            instance: subject.instance.to_owned(),
+            scope: subject.scope,
+            service: subject.service.to_owned(),
+            policy: subject.policy.to_owned(),
+            boundary: subject.boundary.to_owned(),
+            severity: subject.severity.to_owned(),
+            users: Vec::new(),
+            user_count: 0,
+            tenants: Vec::new(),
+            cross_tenant: false,
+            first_seen: rfc3339(first_seen_ns),
+            detected_at: rfc3339(detected_ns),
+            last_seen: rfc3339(first_seen_ns),
+            evidence: Vec::new(),
+        }
+    }
+
+    /// Whether `user` is listed. Past [`MAX_LISTED_USERS`] an unlisted user cannot be told
+    /// from a new one (the exact-then-approximate count of the reliability issue fixes that).
+    pub fn names(&self, user: &str) -> bool {
+        self.users.iter().any(|u| u == user)
+    }
+
+    /// Count one more user, listing it while there is room; false when already listed.
+    /// Only the engine's `absorb` grows a finding.
+    pub(crate) fn add_user(&mut self, user: &str) -> bool {
+        if self.names(user) {
             return false;
         }
         if self.users.len() < MAX_LISTED_USERS {
@@ -103,19 +182,6 @@ impl Finding {
         }
         self.user_count += 1;
         true
-    }
-
-    pub fn add_tenant(&mut self, tenant: &str) {
-        if !self.tenants.iter().any(|t| t == tenant) {
-            self.tenants.push(tenant.to_owned());
-        }
-        self.cross_tenant = self.tenants.len() > 1;
-    }
-
-    pub fn add_evidence(&mut self, evidence: Evidence) {
-        if self.evidence.len() < MAX_EVIDENCE && !self.evidence.contains(&evidence) {
-            self.evidence.push(evidence);
-        }
     }
 }
 

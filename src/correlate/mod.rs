@@ -2,7 +2,8 @@
 //!
 //! - [`attribution`]: which user a trace served, and spans waiting to learn it;
 //! - [`distinct`]: distinct counts, exact while small and a HyperLogLog sketch beyond;
-//! - [`engine`]: per-instance bindings, policies, scopes, boundaries, misdelivered events;
+//! - [`engine`]: per-instance bindings, policies, scopes, boundaries, misdelivered events, and
+//!   the engine↔store contract (`engine/contract.rs`);
 //! - [`evidence`]: per-watch numbers and verdicts (isolated, leaking, blind, ...);
 //! - [`finding`]: the findings contract.
 

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::correlate::engine::{BindingRow, Effects, FindingRecord, Restored};
+use crate::correlate::engine::{
+    BindingRow, Effects, FindingRecord, PendingRow, Restored, RestoredScope,
+};
 use crate::correlate::{Finding, FindingKind};
 
 /// Why the store failed.
@@ -155,7 +157,10 @@ impl Store {
         for row in rows {
             let (key, identity) = row?;
             let identity: BTreeMap<String, String> = serde_json::from_str(&identity)?;
-            restored.scopes.push((key, identity));
+            restored.scopes.push(RestoredScope {
+                scope_key: key,
+                identity,
+            });
         }
         let mut stmt = self.conn.prepare(
             "SELECT watch, scope_key, instance, user, tenant, first_ns, last_ns, last_start_ns,
@@ -205,11 +210,11 @@ impl Store {
             .conn
             .prepare("SELECT seq, received_ns, body FROM pending ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, String>(2)?,
-            ))
+            Ok(PendingRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                received_ns: r.get::<_, i64>(1)? as u64,
+                body: r.get(2)?,
+            })
         })?;
         for row in rows {
             restored.pending.push(row?);
@@ -253,8 +258,8 @@ impl Store {
             let mut scope = tx.prepare_cached(
                 "INSERT OR IGNORE INTO scopes (scope_key, identity) VALUES (?1, ?2)",
             )?;
-            for (key, identity) in &fx.scopes {
-                scope.execute(params![key, identity])?;
+            for s in &fx.scopes {
+                scope.execute(params![s.scope_key, s.identity_json])?;
             }
             let mut binding = tx.prepare_cached(
                 "INSERT OR REPLACE INTO bindings (watch, scope_key, instance, user, tenant, first_ns,
@@ -315,8 +320,8 @@ impl Store {
             let mut park = tx.prepare_cached(
                 "INSERT OR REPLACE INTO pending (seq, received_ns, body) VALUES (?1, ?2, ?3)",
             )?;
-            for (seq, received, body) in &fx.parked {
-                park.execute(params![*seq as i64, *received as i64, body])?;
+            for p in &fx.parked {
+                park.execute(params![p.seq as i64, p.received_ns as i64, p.body])?;
             }
             let mut unpark = tx.prepare_cached("DELETE FROM pending WHERE seq = ?1")?;
             for seq in &fx.unparked {

@@ -9,16 +9,16 @@ use super::*;
 use crate::correlate::FindingKind;
 use crate::normalize::{Delivery, WatchedId};
 
-const SEC: u64 = 1_000_000_000;
+pub(super) const SEC: u64 = 1_000_000_000;
 
-fn config(policy: &str, scope: &str, boundary: &str) -> Config {
+pub(super) fn config(policy: &str, scope: &str, boundary: &str) -> Config {
     Config::from_toml(&format!(
         "[attribution]\nwait = \"2s\"\n[[watch]]\nname = \"w\"\nattribute = \"a\"\npolicy = \"{policy}\"\nscope = \"{scope}\"\nboundary = \"{boundary}\"\n"
     ))
     .unwrap()
 }
 
-fn resource(instance: &str) -> Arc<Resource> {
+pub(super) fn resource(instance: &str) -> Arc<Resource> {
     let mut identity = BTreeMap::new();
     identity.insert("service.name".to_owned(), "api".to_owned());
     identity.insert("service.instance.id".to_owned(), instance.to_owned());
@@ -26,7 +26,7 @@ fn resource(instance: &str) -> Arc<Resource> {
 }
 
 /// One use of instance `id` by `user` (tenant optional) over [s, e] seconds, from process `proc`.
-fn obs(
+pub(super) fn obs(
     user: Option<&str>,
     tenant: Option<&str>,
     id: &str,
@@ -51,14 +51,14 @@ fn obs(
     }
 }
 
-fn at(wall_s: u64) -> Received {
+pub(super) fn at(wall_s: u64) -> Received {
     Received {
         wall_ns: wall_s * SEC,
         at: Instant::now(),
     }
 }
 
-fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<FindingRecord>) {
+pub(super) fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<FindingRecord>) {
     let mut engine = Engine::new(cfg, Arc::new(Metrics::new()));
     let mut fx = Effects::default();
     for o in observations {
@@ -211,88 +211,6 @@ fn policies_and_scopes() {
     }
 }
 
-#[test]
-fn tenant_boundary_counts_tenants_not_users() {
-    let cases: Vec<(&str, &str, Vec<Observation>, usize)> = vec![
-        (
-            "two users of one tenant",
-            "exclusive",
-            vec![
-                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-                obs(Some("a2"), Some("acme"), "e", 3, 4, "p"),
-            ],
-            0,
-        ),
-        (
-            "two tenants",
-            "exclusive",
-            vec![
-                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
-            ],
-            1,
-        ),
-        (
-            "two tenants taking turns",
-            "concurrent",
-            vec![
-                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
-            ],
-            0,
-        ),
-        (
-            "two tenants overlapping",
-            "concurrent",
-            vec![
-                obs(Some("a1"), Some("acme"), "e", 1, 5, "p"),
-                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
-            ],
-            1,
-        ),
-        (
-            "two tenants, allowed",
-            "allow",
-            vec![
-                obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-                obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
-            ],
-            0,
-        ),
-    ];
-    for (name, policy, uses, expected) in cases {
-        let (_, findings) = run(&config(policy, "global", "tenant"), uses);
-        assert_eq!(findings.len(), expected, "{name}");
-        if let Some(f) = findings.first() {
-            assert_eq!(f.finding.tenants, ["acme", "globex"], "{name}");
-            assert!(f.finding.cross_tenant);
-            assert_eq!(f.finding.boundary, "tenant");
-        }
-    }
-}
-
-#[test]
-fn user_boundary_finding_records_whether_it_crossed_tenants() {
-    let cfg = config("exclusive", "global", "user");
-    let (_, same) = run(
-        &cfg,
-        vec![
-            obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-            obs(Some("a2"), Some("acme"), "e", 3, 4, "p"),
-        ],
-    );
-    assert!(!same[0].finding.cross_tenant);
-    let (_, cross) = run(
-        &cfg,
-        vec![
-            obs(Some("a1"), Some("acme"), "e", 1, 2, "p"),
-            obs(Some("g1"), Some("globex"), "e", 3, 4, "p"),
-        ],
-    );
-    assert!(cross[0].finding.cross_tenant);
-    assert_eq!(cross[0].finding.severity, "critical");
-}
-
 fn traced(mut o: Observation, trace: u8) -> Observation {
     o.trace_id = Some(TraceId([trace; 16]));
     o
@@ -405,7 +323,7 @@ fn span_user_beats_trace_user() {
     assert_eq!(findings[0].finding.users, ["alice", "bob"]);
 }
 
-fn delivery(user: &str, conn_user: &str, conn: &str) -> Observation {
+pub(super) fn delivery(user: &str, conn_user: &str, conn: &str) -> Observation {
     let mut o = obs(Some(user), None, "unused", 5, 5, "p1");
     o.signal = Signal::Event;
     o.watched.clear();
@@ -533,7 +451,10 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         scopes: fx
             .scopes
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .map(|s| RestoredScope {
+                scope_key: s.scope_key.clone(),
+                identity: serde_json::from_str(&s.identity_json).unwrap(),
+            })
             .collect(),
         bindings: fx.bindings.clone(),
         findings: Vec::new(),
@@ -557,7 +478,10 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         scopes: fx
             .scopes
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .map(|s| RestoredScope {
+                scope_key: s.scope_key.clone(),
+                identity: serde_json::from_str(&s.identity_json).unwrap(),
+            })
             .collect(),
         bindings,
         findings: fx2.findings.clone(),
@@ -617,28 +541,4 @@ fn hmac_mode_binds_pseudonyms_only() {
     );
 }
 
-#[test]
-fn misdelivery_across_tenants_is_flagged_as_such() {
-    let cfg = config("exclusive", "process", "user");
-    let mut across = delivery("alice", "bob", "c1");
-    across.tenant = Some("acme".into());
-    across.delivery.as_mut().unwrap().connection_tenant = Some("globex".into());
-    let mut within = delivery("carol", "dave", "c2");
-    within.tenant = Some("acme".into());
-    within.delivery.as_mut().unwrap().connection_tenant = Some("acme".into());
-    let (_, findings) = run(&cfg, vec![across, within]);
-    let by_conn = |c: &str| {
-        findings
-            .iter()
-            .find(|f| f.finding.instance == c)
-            .unwrap()
-            .finding
-            .clone()
-    };
-    let across = by_conn("c1");
-    assert!(across.cross_tenant);
-    assert_eq!(across.tenants, ["acme", "globex"]);
-    let within = by_conn("c2");
-    assert!(!within.cross_tenant);
-    assert_eq!(within.tenants, ["acme"]);
-}
+mod growth;

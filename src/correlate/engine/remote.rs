@@ -6,11 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effects, Engine, FindingNews, FindingRecord, InstanceKey, Received, Seed, Use};
+use super::{Effects, Engine, FindingRecord, InstanceKey, Received, Seed, Use};
 use crate::config::Scope;
-use crate::correlate::finding::{Evidence, Finding, FindingKind, finding_id, rfc3339};
+use crate::correlate::finding::{Evidence, FindingKind, Subject, finding_id};
 use crate::normalize::{Observation, Resource, TraceId};
-use crate::sinks::metrics::WatchServiceLabels;
 
 /// A new (instance, user) pair of a coordinated watch: what Redis records and judges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,93 +118,41 @@ impl Engine {
         let Some(watch) = self.watch_index(&rc.check.watch) else {
             return;
         };
-        let w = self.watches[watch as usize].clone();
+        let mut uses = rc.uses;
+        uses.sort_by_key(|u| u.first_ns);
+        let last_ns = uses.iter().map(|u| u.last_ns).max();
+        let last_ns = last_ns.unwrap_or(rc.check.end_ns);
+        let w = &self.watches[watch as usize];
+        let subject = Subject {
+            kind: FindingKind::SharedInstance,
+            watch: &w.name,
+            scope_key: "",
+            instance: &rc.check.instance,
+            scope: rc.check.scope.clone(),
+            service: &rc.check.service,
+            policy: w.policy.as_str(),
+            boundary: w.boundary.as_str(),
+            severity: &w.severity,
+        };
+        let id = finding_id(subject.kind, subject.watch, "", subject.instance);
+        let users = uses.iter().map(|u| u.user.as_str());
+        let tenants = uses.iter().filter_map(|u| u.tenant.as_deref());
+        let evidence = uses.iter().map(|u| u.evidence.clone());
+        if let Some(record) = self.findings.get_mut(&id) {
+            let growth = record.absorb(users, tenants, evidence, last_ns);
+            self.grew(&id, growth, fx);
+            return;
+        }
+        let first = uses.first().map_or(rc.check.start_ns, |u| u.first_ns);
+        let mut record = FindingRecord::new(subject, first, now.wall_ns);
+        record.absorb(users, tenants, evidence, last_ns);
+        let trace = rc.check.trace_id.as_deref().and_then(TraceId::from_hex);
+        let id = self.publish(record, trace, received, now, fx);
         let key = InstanceKey {
             watch,
             scope: 0,
             id: rc.check.instance.as_str().into(),
         };
-        let mut uses = rc.uses;
-        uses.sort_by_key(|u| u.first_ns);
-        let id = finding_id(FindingKind::SharedInstance, &w.name, "", &rc.check.instance);
-        let last_ns = uses
-            .iter()
-            .map(|u| u.last_ns)
-            .max()
-            .unwrap_or(rc.check.end_ns);
-        if let Some(record) = self.findings.get_mut(&id) {
-            let mut added = 0;
-            for u in &uses {
-                if record.finding.add_user(&u.user) {
-                    added += 1;
-                    record.finding.add_evidence(u.evidence.clone());
-                }
-                if let Some(t) = &u.tenant {
-                    record.finding.add_tenant(t);
-                }
-            }
-            if last_ns > record.last_seen_ns {
-                record.last_seen_ns = last_ns;
-                record.finding.last_seen = rfc3339(last_ns);
-            }
-            if added > 0 {
-                let labels = WatchServiceLabels {
-                    watch: record.finding.watch.clone(),
-                    service: record.finding.service.clone(),
-                };
-                self.metrics
-                    .affected_users
-                    .get_or_create(&labels)
-                    .inc_by(added);
-                fx.findings.retain(|f| f.finding.id != id);
-                fx.findings.push(record.clone());
-                fx.news.push(FindingNews { id, new: false });
-            }
-            return;
-        }
-        let mut finding = Finding {
-            id: id.clone(),
-            kind: FindingKind::SharedInstance,
-            watch: w.name.clone(),
-            instance: rc.check.instance.clone(),
-            scope: rc.check.scope.clone(),
-            service: rc.check.service.clone(),
-            policy: w.policy.as_str().into(),
-            boundary: w.boundary.as_str().into(),
-            severity: w.severity.clone(),
-            users: Vec::new(),
-            user_count: 0,
-            tenants: Vec::new(),
-            cross_tenant: false,
-            first_seen: rfc3339(uses.first().map_or(rc.check.start_ns, |u| u.first_ns)),
-            detected_at: rfc3339(now.wall_ns),
-            last_seen: rfc3339(last_ns),
-            evidence: Vec::new(),
-        };
-        for u in &uses {
-            finding.add_user(&u.user);
-            if let Some(t) = &u.tenant {
-                finding.add_tenant(t);
-            }
-            finding.add_evidence(u.evidence.clone());
-        }
-        if finding.cross_tenant {
-            finding.severity = "critical".into();
-        }
-        let trace = rc.check.trace_id.as_deref().and_then(TraceId::from_hex);
-        self.count_finding(&finding, trace, finding.user_count, received, now);
-        let record = FindingRecord {
-            finding,
-            scope_key: String::new(),
-            detected_ns: now.wall_ns,
-            last_seen_ns: last_ns,
-        };
-        fx.findings.push(record.clone());
-        fx.news.push(FindingNews {
-            id: id.clone(),
-            new: true,
-        });
-        self.findings.insert(id.clone(), record);
         if let Some(state) = self.instances.get_mut(&key) {
             state.finding = Some(id.into());
         }

@@ -13,17 +13,14 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::attribution::{Parked, Pending, Received, TraceUsers};
 use super::finding::Finding;
-use crate::config::{Boundary, Config, Policy, Scope, Watch};
+use crate::config::{Boundary, Config, Scope, Watch};
 use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::metrics::{Metrics, WatchLabels};
+use observe::Sighting;
 
 /// The pseudo-watch under which misdelivered events are reported.
 pub const DELIVERY_WATCH: &str = "event_delivery";
-/// Distinct users remembered per instance; past it the least recently seen is forgotten.
-const MAX_USES_PER_INSTANCE: usize = 32;
-/// Recent use intervals remembered per user of a `concurrent` instance.
-const MAX_INTERVALS: usize = 8;
 /// How long a trace's user is remembered for late spans.
 const TRACE_TTL_NS: u64 = 300 * 1_000_000_000;
 /// How often tracked instances are checked against their watch's retention.
@@ -59,92 +56,24 @@ struct Seed {
     scope: u32,
 }
 
+impl Seed {
+    fn of(obs: &Observation, scope: u32) -> Seed {
+        Seed {
+            time_ns: obs.start_ns,
+            trace_id: obs.trace_id,
+            span_id: obs.span_id,
+            signal: obs.signal,
+            scope,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct InstanceState {
     uses: Vec<Use>,
     finding: Option<Box<str>>,
     /// Wall clock of the last observation, seconds; drives retention and eviction.
     touched_s: u64,
-}
-
-/// A binding (instance, user) to persist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindingRow {
-    pub watch: String,
-    pub scope_key: String,
-    pub instance: String,
-    pub user: String,
-    pub tenant: Option<String>,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub last_start_ns: u64,
-    pub last_end_ns: u64,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub signal: String,
-    pub evidence_scope_key: String,
-}
-
-/// An instance whose bindings were dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvictedInstance {
-    pub watch: String,
-    pub scope_key: String,
-    pub instance: String,
-}
-
-/// A finding with the columns the store indexes it by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FindingRecord {
-    pub finding: Finding,
-    pub scope_key: String,
-    pub detected_ns: u64,
-    pub last_seen_ns: u64,
-}
-
-/// A finding created or grown by this batch, for sinks that react to news (alerts, logs).
-#[derive(Debug, Clone)]
-pub struct FindingNews {
-    pub id: String,
-    pub new: bool,
-}
-
-/// What one batch changed that must be durable before it is acknowledged.
-#[derive(Debug, Default)]
-pub struct Effects {
-    pub scopes: Vec<(String, String)>,
-    pub bindings: Vec<BindingRow>,
-    pub evicted: Vec<EvictedInstance>,
-    /// Findings to upsert (new, grown, or with a later `last_seen`).
-    pub findings: Vec<FindingRecord>,
-    pub news: Vec<FindingNews>,
-    /// New (instance, user) pairs of coordinated global watches, for Redis to judge.
-    pub cluster: Vec<ClusterCheck>,
-    /// Observations now waiting for their trace's user: (seq, received, row), to persist.
-    pub parked: Vec<(u64, u64, String)>,
-    /// Waiting observations settled since: their rows go.
-    pub unparked: Vec<u64>,
-}
-
-impl Effects {
-    pub fn is_empty(&self) -> bool {
-        self.scopes.is_empty()
-            && self.bindings.is_empty()
-            && self.evicted.is_empty()
-            && self.findings.is_empty()
-            && self.parked.is_empty()
-            && self.unparked.is_empty()
-    }
-}
-
-/// State read back from the store at start-up.
-#[derive(Debug, Default)]
-pub struct Restored {
-    pub scopes: Vec<(String, std::collections::BTreeMap<String, String>)>,
-    pub bindings: Vec<BindingRow>,
-    pub findings: Vec<FindingRecord>,
-    /// Observations that were waiting for their trace's user: (seq, received, row).
-    pub pending: Vec<(u64, u64, String)>,
 }
 
 struct WatchCounters {
@@ -178,6 +107,8 @@ pub struct Engine {
     next_parked_seq: u64,
     /// Restored waiting observations that did not fit; settled at the first tick.
     restored_overflow: Vec<Parked>,
+    /// Waiting rows found unreadable at restore; deleted by the first commit.
+    unreadable_pending: Vec<u64>,
 }
 
 impl Engine {
@@ -216,6 +147,7 @@ impl Engine {
             cluster: false,
             next_parked_seq: 1,
             restored_overflow: Vec::new(),
+            unreadable_pending: Vec::new(),
         }
     }
 
@@ -271,8 +203,10 @@ impl Engine {
         let i = self.scopes.len() as u32;
         self.scopes.push(resource.clone());
         self.scope_index.insert(resource.scope_key.clone(), i);
-        let attrs = serde_json::to_string(&resource.identity).unwrap_or_default();
-        fx.scopes.push((resource.scope_key.clone(), attrs));
+        fx.scopes.push(ScopeRow {
+            scope_key: resource.scope_key.clone(),
+            identity_json: serde_json::to_string(&resource.identity).unwrap_or_default(),
+        });
         self.zero_series(resource.service());
         i
     }
@@ -308,8 +242,11 @@ impl Engine {
                     let deadline = received.wall_ns.saturating_add(self.wait_ns);
                     let seq = self.next_parked_seq;
                     self.next_parked_seq += 1;
-                    fx.parked
-                        .push((seq, received.wall_ns, self.parked_row(&obs)));
+                    fx.parked.push(PendingRow {
+                        seq,
+                        received_ns: received.wall_ns,
+                        body: self.parked_row(&obs),
+                    });
                     let parked = Parked { obs, received, seq };
                     for p in self.pending.park(trace, parked, deadline) {
                         self.count_evicted("", "pending_full");
@@ -333,6 +270,7 @@ impl Engine {
 
     /// Periodic work: settle observations whose wait ran out, apply retention, flush `last_seen`.
     pub fn tick(&mut self, now: Received, fx: &mut Effects) {
+        fx.unparked.append(&mut self.unreadable_pending);
         for parked in std::mem::take(&mut self.restored_overflow) {
             self.settle_parked(parked, now, fx);
         }
@@ -358,11 +296,6 @@ impl Engine {
     fn settle_parked(&mut self, parked: Parked, now: Received, fx: &mut Effects) {
         fx.unparked.push(parked.seq);
         self.settle(parked.obs, parked.received, now, fx);
-    }
-
-    /// Flush `last_seen` of findings used since the last commit.
-    pub fn flush(&mut self, fx: &mut Effects) {
-        self.flush_dirty(fx);
     }
 
     fn flush_dirty(&mut self, fx: &mut Effects) {
@@ -440,191 +373,41 @@ impl Engine {
                 },
                 id: watched.id.clone(),
             };
-            let user = user.clone().unwrap_or_else(|| Arc::from("unknown"));
-            self.observe_instance(key, obs, obs_scope, user, tenant.clone(), received, now, fx);
+            let sighting = Sighting {
+                key,
+                obs,
+                seed: Seed::of(obs, obs_scope),
+                user: user.clone().unwrap_or_else(|| Arc::from("unknown")),
+                tenant: tenant.clone(),
+                received,
+                now,
+            };
+            self.observe_instance(sighting, fx);
         }
         if let Some(delivery) = &obs.delivery {
             if let (Some(user), Some(conn_user)) = (&user, &delivery.connection_user) {
                 if **user != **conn_user {
-                    self.misdelivered(obs, obs_scope, user, tenant.as_deref(), received, now, fx);
+                    let seed = Seed::of(obs, obs_scope);
+                    let who = (&**user, tenant.as_deref());
+                    self.misdelivered(obs, seed, who, (received, now), fx);
                 }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn observe_instance(
-        &mut self,
-        key: InstanceKey,
-        obs: &Observation,
-        obs_scope: u32,
-        user: Arc<str>,
-        tenant: Option<Arc<str>>,
-        received: Received,
-        now: Received,
-        fx: &mut Effects,
-    ) {
-        let watch = &self.watches[key.watch as usize];
-        let policy = watch.policy;
-        let boundary = watch.boundary;
-        // Global watches in a cluster are judged by Redis, across every sidecar.
-        let coordinated = self.cluster && watch.scope == Scope::Global;
-        // Only at the cap does a second lookup pay for itself; otherwise one `entry` both
-        // finds the instance and says whether it is new.
-        if self.instances.len() >= self.max_instances && !self.instances.contains_key(&key) {
-            self.evict_least_recent(fx);
-        }
-        let state = match self.instances.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                self.counters[key.watch as usize].tracked.inc();
-                v.insert(InstanceState::default())
-            }
-        };
-        state.touched_s = received.wall_ns / 1_000_000_000;
-        let (s, e) = (obs.start_ns, obs.end_ns);
-        let seed = Seed {
-            time_ns: s,
-            trace_id: obs.trace_id,
-            span_id: obs.span_id,
-            signal: obs.signal,
-            scope: obs_scope,
-        };
-        let principal = |u: &Use| -> Option<Arc<str>> {
-            match boundary {
-                Boundary::User => Some(u.user.clone()),
-                Boundary::Tenant => u.tenant.clone(),
-            }
-        };
-        let mine = match boundary {
-            Boundary::User => Some(user.clone()),
-            Boundary::Tenant => tenant.clone(),
-        };
-        // Conflicts are judged against the uses as they were before this observation.
-        let conflicting: Vec<usize> = match policy {
-            _ if coordinated => Vec::new(),
-            Policy::Allow => Vec::new(),
-            Policy::Exclusive => (0..state.uses.len())
-                .filter(|&i| principal(&state.uses[i]) != mine)
-                .collect(),
-            Policy::Concurrent => (0..state.uses.len())
-                .filter(|&i| {
-                    let u = &state.uses[i];
-                    principal(u) != mine && u.intervals.iter().any(|&(a, b)| a <= e && s <= b)
-                })
-                .collect(),
-        };
-        let mut conflict_users: Vec<Use> =
-            conflicting.iter().map(|&i| state.uses[i].clone()).collect();
-        let position = state.uses.iter().position(|u| u.user == user);
-        let this_use = match position {
-            Some(i) => {
-                let u = &mut state.uses[i];
-                u.first_ns = u.first_ns.min(s);
-                u.last_ns = u.last_ns.max(e);
-                if u.tenant.is_none() {
-                    u.tenant = tenant.clone();
-                }
-                if policy == Policy::Concurrent {
-                    add_interval(&mut u.intervals, s, e);
-                }
-                u.clone()
-            }
-            None => {
-                if state.uses.len() >= MAX_USES_PER_INSTANCE {
-                    let oldest = (0..state.uses.len()).min_by_key(|&i| state.uses[i].last_ns);
-                    if let Some(i) = oldest {
-                        state.uses.swap_remove(i);
-                    }
-                }
-                let u = Use {
-                    user: user.clone(),
-                    tenant: tenant.clone(),
-                    first_ns: s,
-                    last_ns: e,
-                    intervals: if policy == Policy::Concurrent {
-                        vec![(s, e)]
-                    } else {
-                        Vec::new()
-                    },
-                    first: seed,
-                };
-                // Most instances only ever see one user: without this, the first push reserves
-                // room for four `Use`s (448 bytes) per tracked instance.
-                if state.uses.is_empty() {
-                    state.uses.reserve_exact(1);
-                }
-                state.uses.push(u.clone());
-                if coordinated && policy != Policy::Allow {
-                    fx.cluster.push(self.cluster_check(&key, &u, obs, seed));
-                }
-                fx.bindings.push(BindingRow {
-                    watch: self.watches[key.watch as usize].name.clone(),
-                    scope_key: self.scopes[key.scope as usize].scope_key.clone(),
-                    instance: key.id.to_string(),
-                    user: user.to_string(),
-                    tenant: tenant.as_deref().map(str::to_owned),
-                    first_ns: s,
-                    last_ns: e,
-                    last_start_ns: s,
-                    last_end_ns: e,
-                    trace_id: obs.trace_id.map(|t| t.to_string()),
-                    span_id: obs.span_id.map(|t| t.to_string()),
-                    signal: obs.signal.as_str().to_owned(),
-                    evidence_scope_key: obs.resource.scope_key.clone(),
-                });
-                u
-            }
-        };
-        let existing = self.instances.get(&key).and_then(|s| s.finding.clone());
-        if let Some(id) = existing {
-            // Coordinated findings grow from Redis's verdicts, not from what this sidecar saw.
-            let grow = if coordinated { None } else { Some(&this_use) };
-            self.touch_finding(&id, grow, &conflict_users, obs, seed, fx);
-        } else if !conflict_users.is_empty() {
-            let current_user = this_use.user.clone();
-            conflict_users.push(this_use);
-            let id = self.raise(
-                &key,
-                obs_scope,
-                conflict_users,
-                &current_user,
-                obs,
-                seed,
-                received,
-                now,
-                fx,
-            );
-            if let Some(state) = self.instances.get_mut(&key) {
-                state.finding = Some(id.into());
             }
         }
     }
 }
 
-/// Add [s, e] to a user's recent intervals, merging overlaps and keeping the latest few.
-fn add_interval(intervals: &mut Vec<(u64, u64)>, s: u64, e: u64) {
-    if let Some(iv) = intervals.iter_mut().find(|(a, b)| *a <= e && s <= *b) {
-        iv.0 = iv.0.min(s);
-        iv.1 = iv.1.max(e);
-        return;
-    }
-    if intervals.len() >= MAX_INTERVALS {
-        if let Some(i) = (0..intervals.len()).min_by_key(|&i| intervals[i].1) {
-            intervals.swap_remove(i);
-        }
-    }
-    intervals.push((s, e));
-}
-
-#[path = "engine_findings.rs"]
+mod bounds;
+mod contract;
 mod findings;
-#[path = "engine_remote.rs"]
+mod observe;
 mod remote;
-#[path = "engine_state.rs"]
-mod state;
+mod restore;
+
+pub use contract::{
+    BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, Restored,
+    RestoredScope, ScopeRow,
+};
 pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;

@@ -1,5 +1,5 @@
-//! Engine state over time: restoring it from the store, and the bounds that keep it flat
-//! (the global cap, per-watch retention) with their metrics.
+//! Restoring the engine from the store at start-up, and the form in which an observation
+//! waiting for its trace's user is kept there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,14 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey, Received, Restored, Seed, Use,
-};
+use super::{Engine, InstanceKey, Received, Restored, Seed, Use};
 use crate::config::Policy;
 use crate::correlate::attribution::Parked;
 use crate::correlate::finding::FindingKind;
 use crate::normalize::{Delivery, Observation, Resource, Signal, SpanId, TraceId, WatchedId};
-use crate::sinks::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
 
 /// A waiting observation as the store keeps it. Watches are named, not numbered, so that a
 /// restart with an edited config still reads it.
@@ -32,7 +29,48 @@ struct ParkedRow {
     user: Option<String>,
     tenant: Option<String>,
     watched: Vec<(String, String)>,
-    delivery: Option<[Option<String>; 5]>,
+    delivery: Option<DeliveryForm>,
+}
+
+/// Where a waiting event was delivered.
+#[derive(Serialize, Deserialize)]
+struct DeliveryRow {
+    event: Option<String>,
+    connection_id: Option<String>,
+    connection_user: Option<String>,
+    connection_tenant: Option<String>,
+    run_id: Option<String>,
+}
+
+/// Rows written before the named form kept the delivery as a positional array; both still read.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DeliveryForm {
+    Named(DeliveryRow),
+    Positional([Option<String>; 5]),
+}
+
+impl DeliveryForm {
+    fn into_row(self) -> DeliveryRow {
+        match self {
+            DeliveryForm::Named(row) => row,
+            DeliveryForm::Positional(
+                [
+                    event,
+                    connection_id,
+                    connection_user,
+                    connection_tenant,
+                    run_id,
+                ],
+            ) => DeliveryRow {
+                event,
+                connection_id,
+                connection_user,
+                connection_tenant,
+                run_id,
+            },
+        }
+    }
 }
 
 impl Engine {
@@ -61,13 +99,13 @@ impl Engine {
                 })
                 .collect(),
             delivery: obs.delivery.as_deref().map(|d| {
-                [
-                    own(&d.event),
-                    own(&d.connection_id),
-                    own(&d.connection_user),
-                    own(&d.connection_tenant),
-                    own(&d.run_id),
-                ]
+                DeliveryForm::Named(DeliveryRow {
+                    event: own(&d.event),
+                    connection_id: own(&d.connection_id),
+                    connection_user: own(&d.connection_user),
+                    connection_tenant: own(&d.connection_tenant),
+                    run_id: own(&d.run_id),
+                })
             }),
         };
         serde_json::to_string(&row).unwrap_or_default()
@@ -104,32 +142,26 @@ impl Engine {
             user: boxed(row.user),
             tenant: boxed(row.tenant),
             watched,
-            delivery: row.delivery.map(
-                |[
-                    event,
-                    connection_id,
-                    connection_user,
-                    connection_tenant,
-                    run_id,
-                ]| {
-                    Box::new(Delivery {
-                        event: boxed(event),
-                        connection_id: boxed(connection_id),
-                        connection_user: boxed(connection_user),
-                        connection_tenant: boxed(connection_tenant),
-                        run_id: boxed(run_id),
-                    })
-                },
-            ),
+            delivery: row.delivery.map(|d| {
+                let d = d.into_row();
+                Box::new(Delivery {
+                    event: boxed(d.event),
+                    connection_id: boxed(d.connection_id),
+                    connection_user: boxed(d.connection_user),
+                    connection_tenant: boxed(d.connection_tenant),
+                    run_id: boxed(d.run_id),
+                })
+            }),
         })
     }
 
     /// Load what the store remembers. Bindings of watches no longer configured are ignored.
     pub fn restore(&mut self, restored: Restored) {
-        for (key, identity) in restored.scopes {
-            if !self.scope_index.contains_key(&key) {
-                let r = Resource::from_identity(identity, None, None);
-                self.scope_index.insert(key, self.scopes.len() as u32);
+        for scope in restored.scopes {
+            if !self.scope_index.contains_key(&scope.scope_key) {
+                let r = Resource::from_identity(scope.identity, None, None);
+                self.scope_index
+                    .insert(scope.scope_key, self.scopes.len() as u32);
                 self.scopes.push(Arc::new(r));
             }
         }
@@ -199,16 +231,25 @@ impl Engine {
         }
         self.update_tracked_gauges();
         let now = crate::correlate::finding::now_ns();
-        for (seq, received_ns, row) in restored.pending {
+        for row in restored.pending {
+            let seq = row.seq;
             self.next_parked_seq = self.next_parked_seq.max(seq + 1);
-            let Some(obs) = self.observation_of(&row) else {
-                continue;
-            };
-            let Some(trace) = obs.trace_id else {
+            let parsed = self
+                .observation_of(&row.body)
+                .and_then(|o| Some((o.trace_id?, o)));
+            let Some((trace, obs)) = parsed else {
+                // Unreadable (or trace-less) rows would be read again on every start: they go
+                // with the first commit, counted.
+                tracing::warn!(
+                    seq,
+                    "dropping an unreadable waiting observation from the store"
+                );
+                self.count_evicted("", "pending_unreadable");
+                self.unreadable_pending.push(seq);
                 continue;
             };
             let received = Received {
-                wall_ns: received_ns,
+                wall_ns: row.received_ns,
                 at: std::time::Instant::now(),
             };
             // A fresh wait: the trace's user may arrive now that crosstalk is back.
@@ -219,100 +260,6 @@ impl Engine {
                 .pending
                 .park(trace, Parked { obs, received, seq }, deadline);
             self.restored_overflow.extend(overflow);
-        }
-    }
-
-    pub(super) fn update_tracked_gauges(&self) {
-        let mut per_watch = vec![0i64; self.watches.len()];
-        for key in self.instances.keys() {
-            per_watch[key.watch as usize] += 1;
-        }
-        for (c, n) in self.counters.iter().zip(per_watch) {
-            c.tracked.set(n);
-        }
-    }
-
-    /// Export the finding counters of a newly seen service at 0, so that its first finding is an
-    /// increase Prometheus can see rather than a series born at 1.
-    pub(super) fn zero_series(&self, service: &str) {
-        let kinds = self
-            .watches
-            .iter()
-            .map(|w| (FindingKind::SharedInstance, w.name.as_str()))
-            .chain([(FindingKind::MisdeliveredEvent, DELIVERY_WATCH)]);
-        for (kind, watch) in kinds {
-            let _ = self.metrics.findings.get_or_create(&FindingLabels {
-                r#type: kind.as_str().into(),
-                watch: watch.into(),
-                service: service.into(),
-            });
-            let _ = self
-                .metrics
-                .affected_users
-                .get_or_create(&WatchServiceLabels {
-                    watch: watch.into(),
-                    service: service.into(),
-                });
-        }
-    }
-
-    pub(super) fn count_evicted(&self, watch: &str, reason: &str) {
-        self.metrics
-            .evicted
-            .get_or_create(&EvictLabels {
-                watch: watch.into(),
-                reason: reason.into(),
-            })
-            .inc();
-    }
-
-    pub(super) fn evicted_row(&self, key: &InstanceKey) -> EvictedInstance {
-        EvictedInstance {
-            watch: self.watches[key.watch as usize].name.clone(),
-            scope_key: self.scopes[key.scope as usize].scope_key.clone(),
-            instance: key.id.to_string(),
-        }
-    }
-
-    pub(super) fn remove_instance(&mut self, key: &InstanceKey, reason: &str, fx: &mut Effects) {
-        if self.instances.remove(key).is_some() {
-            self.counters[key.watch as usize].tracked.dec();
-            let name = self.watches[key.watch as usize].name.clone();
-            self.count_evicted(&name, reason);
-            fx.evicted.push(self.evicted_row(key));
-        }
-    }
-
-    /// Over the global cap: drop the least recently seen tenth (at least one), so that the
-    /// scan is paid once per many inserts.
-    pub(super) fn evict_least_recent(&mut self, fx: &mut Effects) {
-        let n = (self.max_instances / 10).max(1);
-        let mut ages: Vec<(u64, InstanceKey)> = self
-            .instances
-            .iter()
-            .map(|(k, s)| (s.touched_s, k.clone()))
-            .collect();
-        if ages.len() > n {
-            ages.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
-            ages.truncate(n);
-        }
-        for (_, key) in ages {
-            self.remove_instance(&key, "capacity", fx);
-        }
-    }
-
-    pub(super) fn sweep_retention(&mut self, now_s: u64, fx: &mut Effects) {
-        let expired: Vec<InstanceKey> = self
-            .instances
-            .iter()
-            .filter(|(k, s)| {
-                now_s.saturating_sub(s.touched_s)
-                    > self.watches[k.watch as usize].retention.as_secs()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.remove_instance(&key, "retention", fx);
         }
     }
 }
