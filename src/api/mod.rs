@@ -13,7 +13,7 @@ use crate::correlate::FindingKind;
 use crate::correlate::finding::{now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
 use crate::sinks::metrics::Metrics;
-use crate::store::{FindingFilter, StoreReader};
+use crate::store::{Cursor, FindingFilter, StoreReader};
 
 /// Findings a list returns unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -32,14 +32,14 @@ pub struct Admin {
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            self.metrics.reject("admin", "method_not_allowed", 1);
+            self.metrics.admin_bad_request("method_not_allowed");
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
         }
         let path = request.uri().path().to_owned();
         let open = matches!(path.as_str(), "/live" | "/ready");
         if let Some(token) = self.token.as_ref().filter(|_| !open) {
             if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
-                self.metrics.reject("admin", "unauthorized", 1);
+                self.metrics.admin_bad_request("unauthorized");
                 let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -60,7 +60,10 @@ impl Handler for Admin {
                 let id = p["/api/v1/findings/".len()..].to_owned();
                 self.one(id).await
             }
-            _ => json_error(StatusCode::NOT_FOUND, format!("no such path `{path}`")),
+            _ => {
+                self.metrics.admin_bad_request("not_found");
+                json_error(StatusCode::NOT_FOUND, format!("no such path `{path}`"))
+            }
         }
     }
 }
@@ -91,13 +94,16 @@ impl Admin {
         let filter = match parse_filter(request.uri().query().unwrap_or("")) {
             Ok(f) => f,
             Err(msg) => {
-                self.metrics.reject("admin", "bad_query", 1);
+                self.metrics.admin_bad_request("bad_query");
                 return json_error(StatusCode::BAD_REQUEST, msg);
             }
         };
         let reader = self.reader.clone();
         match tokio::task::spawn_blocking(move || reader.findings(&filter)).await {
-            Ok(Ok(findings)) => json_response(StatusCode::OK, &json!({ "findings": findings })),
+            Ok(Ok((findings, next))) => json_response(
+                StatusCode::OK,
+                &json!({ "findings": findings, "next": next.map(|c| encode_cursor(&c)) }),
+            ),
             Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
@@ -114,7 +120,23 @@ impl Admin {
     }
 }
 
-/// `type`, `watch`, `since` (RFC 3339, or a duration back from now like `15m`) and `limit`.
+/// The `next` token: opaque to clients, `<detected_ns>.<id>` inside.
+fn encode_cursor(c: &Cursor) -> String {
+    format!("{}.{}", c.detected_ns, c.id)
+}
+
+fn decode_cursor(token: &str) -> Option<Cursor> {
+    let (ns, id) = token.split_once('.')?;
+    let ok_id = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok_id.then_some(())?;
+    Some(Cursor {
+        detected_ns: ns.parse().ok()?,
+        id: id.to_owned(),
+    })
+}
+
+/// `type`, `watch`, `since` (RFC 3339, or a duration back from now like `15m`), `limit`
+/// (1..=10000) and `cursor` (the `next` token of the previous page; `next=` works too).
 pub fn parse_filter(query: &str) -> Result<FindingFilter, String> {
     let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
@@ -144,10 +166,18 @@ pub fn parse_filter(query: &str) -> Result<FindingFilter, String> {
                 filter.since_ns = Some(ns);
             }
             "limit" => {
-                let n: usize = value
+                filter.limit = value
                     .parse()
-                    .map_err(|_| format!("limit `{value}` is not a number"))?;
-                filter.limit = n.clamp(1, MAX_LIMIT);
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit `{value}` is not a number from 1 to {MAX_LIMIT}")
+                    })?;
+            }
+            "cursor" | "next" => {
+                filter.after = Some(decode_cursor(&value).ok_or_else(|| {
+                    format!("cursor `{value}` is not a `next` token from a previous page")
+                })?);
             }
             other => return Err(format!("unknown query parameter `{other}`")),
         }
@@ -171,5 +201,26 @@ mod tests {
         assert!(parse_filter("type=other").is_err());
         assert!(parse_filter("since=whenever").is_err());
         assert!(parse_filter("colour=red").is_err());
+    }
+
+    #[test]
+    fn limits_outside_one_to_ten_thousand_and_forged_cursors_are_refused() {
+        for bad in [
+            "limit=0",
+            "limit=-1",
+            "limit=10001",
+            "limit=ten",
+            "cursor=x",
+            "cursor=1.a-b",
+        ] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_filter("limit=10000").unwrap().limit, 10_000);
+        let c = Cursor {
+            detected_ns: 42,
+            id: "4f1c0b8e2a9d7c31".into(),
+        };
+        let q = format!("cursor={}", encode_cursor(&c));
+        assert_eq!(parse_filter(&q).unwrap().after, Some(c));
     }
 }

@@ -48,6 +48,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvictLabels {
     pub watch: String,
     pub reason: String,
@@ -71,6 +76,7 @@ pub struct Metrics {
     pub tracked_instances: Family<WatchLabels, Gauge>,
     pub received: Family<SignalLabels, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
+    pub admin_bad_requests: Family<ReasonLabels, Counter>,
     pub unattributed: Family<WatchLabels, Counter>,
     pub watched_observations: Family<WatchLabels, Counter>,
     pub detection_delay: Histogram,
@@ -95,7 +101,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The families of a sidecar without `[cluster]`.
     pub fn new() -> Self {
+        Self::with_cluster(false)
+    }
+
+    /// Every family; the `crosstalk_cluster_*` ones only when `cluster` is configured.
+    pub fn with_cluster(cluster: bool) -> Self {
         let mut registry = Registry::default();
         let findings = Family::<FindingLabels, CounterWithExemplar<TraceExemplar>>::default();
         registry.register(
@@ -126,6 +138,14 @@ impl Metrics {
             "crosstalk_rejected",
             "Requests or items rejected, by source and reason",
             rejected.clone(),
+        );
+        // Apart from `rejected`: an operator's typo on the admin API must not page through
+        // CrosstalkRejectingInput, which reads `rejected` as "telemetry is being lost".
+        let admin_bad_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "crosstalk_admin_bad_requests",
+            "Admin API requests refused (bad query, wrong method, missing token, unknown path)",
+            admin_bad_requests.clone(),
         );
         let unattributed = Family::<WatchLabels, Counter>::default();
         registry.register(
@@ -194,29 +214,33 @@ impl Metrics {
             alert_failures.clone(),
         );
         let cluster_up = Gauge::default();
-        registry.register(
-            "crosstalk_cluster_up",
-            "1 while Redis coordination of global watches is reachable (0 when down; absent without [cluster])",
-            cluster_up.clone(),
-        );
         let cluster_pending = Gauge::default();
-        registry.register(
-            "crosstalk_cluster_pending",
-            "Global observations waiting for Redis",
-            cluster_pending.clone(),
-        );
         let cluster_dropped = Counter::default();
-        registry.register(
-            "crosstalk_cluster_dropped",
-            "Global observations dropped because the Redis queue was full",
-            cluster_dropped.clone(),
-        );
         let cluster_round_trips = Counter::default();
-        registry.register(
-            "crosstalk_cluster_round_trips",
-            "Checks judged by Redis",
-            cluster_round_trips.clone(),
-        );
+        // Without [cluster] these families stay unregistered, so they are absent from /metrics:
+        // a `crosstalk_cluster_up 0` there would fire CrosstalkClusterDown on every single sidecar.
+        if cluster {
+            registry.register(
+                "crosstalk_cluster_up",
+                "1 while Redis coordination of global watches is reachable (0 when down; absent without [cluster])",
+                cluster_up.clone(),
+            );
+            registry.register(
+                "crosstalk_cluster_pending",
+                "Global observations waiting for Redis",
+                cluster_pending.clone(),
+            );
+            registry.register(
+                "crosstalk_cluster_dropped",
+                "Global observations dropped because the Redis queue was full",
+                cluster_dropped.clone(),
+            );
+            registry.register(
+                "crosstalk_cluster_round_trips",
+                "Checks judged by Redis",
+                cluster_round_trips.clone(),
+            );
+        }
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "crosstalk_build_info",
@@ -235,6 +259,7 @@ impl Metrics {
             tracked_instances,
             received,
             rejected,
+            admin_bad_requests,
             unattributed,
             watched_observations,
             detection_delay,
@@ -270,6 +295,15 @@ impl Metrics {
         }
     }
 
+    /// Count one refused admin API request.
+    pub fn admin_bad_request(&self, reason: &str) {
+        self.admin_bad_requests
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Count accepted items.
     pub fn receive(&self, signal: &str, transport: &str, n: u64) {
         if n > 0 {
@@ -289,13 +323,31 @@ impl Metrics {
         out
     }
 
-    /// Prometheus text format 0.0.4: OpenMetrics without exemplars, units or the EOF marker,
-    /// for scrapers that do not ask for OpenMetrics.
+    /// Prometheus text format 0.0.4, for scrapers that do not ask for OpenMetrics: no exemplars,
+    /// units or EOF marker, and a counter's `# HELP`/`# TYPE` name the `_total` samples they
+    /// describe (OpenMetrics names the family without the suffix; 0.0.4 parsers would then see
+    /// samples with no metadata).
     pub fn encode_prometheus_text(&self) -> String {
         let open = self.encode_openmetrics();
         let mut out = String::with_capacity(open.len());
+        // OpenMetrics writes HELP before TYPE; hold HELP until TYPE says whether to rename.
+        let mut help: Option<&str> = None;
         for line in open.lines() {
             if line == "# EOF" || line.starts_with("# UNIT") {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                help = Some(rest);
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+                let suffix = if kind == "counter" { "_total" } else { "" };
+                if let Some(h) = help.take() {
+                    let text = h.split_once(' ').map_or("", |(_, t)| t);
+                    out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+                }
+                out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
                 continue;
             }
             let sample = match line.find(" # {") {
@@ -336,5 +388,25 @@ mod tests {
         assert!(plain.contains("crosstalk_findings_total{type=\"shared_instance\",watch=\"agent_factory\",service=\"api\"} 1\n"), "{plain}");
         assert!(!plain.contains("trace_id"));
         assert!(!plain.contains("# EOF"));
+        assert!(
+            plain.contains("# TYPE crosstalk_findings_total counter\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("# HELP crosstalk_findings_total Findings raised"),
+            "{plain}"
+        );
+        assert!(
+            !plain.contains("# TYPE crosstalk_findings counter"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn cluster_families_are_absent_without_a_cluster() {
+        let single = Metrics::new().encode_openmetrics();
+        assert!(!single.contains("crosstalk_cluster_"), "{single}");
+        let clustered = Metrics::with_cluster(true).encode_openmetrics();
+        assert!(clustered.contains("crosstalk_cluster_up 0"), "{clustered}");
     }
 }

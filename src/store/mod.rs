@@ -358,6 +358,15 @@ pub struct FindingFilter {
     /// Findings detected or updated at or after this time (Unix ns).
     pub since_ns: Option<u64>,
     pub limit: usize,
+    /// Resume after this position (the last finding of the previous page).
+    pub after: Option<Cursor>,
+}
+
+/// A position in the newest-first order of findings: detection time, then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub detected_ns: u64,
+    pub id: String,
 }
 
 /// A read-only view of the store for the findings API.
@@ -366,29 +375,52 @@ pub struct StoreReader {
 }
 
 impl StoreReader {
-    /// Findings matching `filter`, newest first.
-    pub fn findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>, StoreError> {
+    /// Findings matching `filter`, newest first, and the cursor of the last one when more follow.
+    pub fn findings(
+        &self,
+        filter: &FindingFilter,
+    ) -> Result<(Vec<Finding>, Option<Cursor>), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(
-            "SELECT body FROM findings
+            "SELECT body, detected_ns, id FROM findings
              WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR watch = ?2)
                AND (?3 IS NULL OR detected_ns >= ?3 OR last_seen_ns >= ?3)
+               AND (?5 IS NULL OR detected_ns < ?5 OR (detected_ns = ?5 AND id > ?6))
              ORDER BY detected_ns DESC, id LIMIT ?4",
         )?;
+        let after = filter.after.as_ref();
+        // One row past the page tells whether a next page exists.
         let rows = stmt.query_map(
             params![
                 filter.kind.map(FindingKind::as_str),
                 filter.watch,
                 filter.since_ns.map(|n| n as i64),
-                filter.limit as i64
+                filter.limit as i64 + 1,
+                after.map(|c| c.detected_ns as i64),
+                after.map(|c| c.id.as_str()),
             ],
-            |r| r.get::<_, String>(0),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )?;
         let mut out = Vec::new();
-        for body in rows {
-            out.push(serde_json::from_str(&body?)?);
+        let mut last = None;
+        for row in rows {
+            let (body, detected, id) = row?;
+            if out.len() == filter.limit {
+                return Ok((out, last));
+            }
+            out.push(serde_json::from_str(&body)?);
+            last = Some(Cursor {
+                detected_ns: detected as u64,
+                id,
+            });
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// One finding by id.

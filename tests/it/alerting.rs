@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process killed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -53,7 +53,12 @@ fn start_alertmanager(dir: &Path, port: u16) -> Proc {
     am
 }
 
-fn start_prometheus(dir: &Path, port: u16, admin: std::net::SocketAddr, am_port: u16) -> Proc {
+pub(crate) fn start_prometheus(
+    dir: &Path,
+    port: u16,
+    admin: std::net::SocketAddr,
+    am_port: u16,
+) -> Proc {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -92,7 +97,7 @@ fn wait_ready(port: u16, timeout: Duration) {
     assert!(ready, "server on port {port} not ready within {timeout:?}");
 }
 
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if ok() {
@@ -143,7 +148,7 @@ fn assert_no_raw_users(text: &str) {
     }
 }
 
-fn promql(prom: u16, expr: &str) -> Value {
+pub(crate) fn promql(prom: u16, expr: &str) -> Value {
     let url = format!(
         "http://127.0.0.1:{prom}/api/v1/query?query={}",
         form_urlencoded::byte_serialize(expr.as_bytes()).collect::<String>()

@@ -587,7 +587,7 @@ fn tokens_guard_the_admin_api_and_the_otlp_listeners() {
     assert!(
         metric_value(
             &m,
-            r#"crosstalk_rejected_total{source="admin",reason="unauthorized"}"#
+            r#"crosstalk_admin_bad_requests_total{reason="unauthorized"}"#
         ) >= 3.0
     );
 }

@@ -10,4 +10,5 @@ mod e2e;
 mod events;
 mod gate;
 mod hostile;
+mod operator;
 mod otlp;
