@@ -37,8 +37,10 @@ pub enum Command {
     },
     /// Print the pseudonym alerts and logs (and, in `hmac` mode, the API) use for a user id.
     UserHash {
+        /// The sidecar's config file, for its HMAC key (`[privacy]`, or `<storage>/hmac.key`).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The raw user id to look up.
         id: String,
     },
     /// Print or validate configuration.
@@ -48,22 +50,30 @@ pub enum Command {
     },
     /// Look for leaks in exported telemetry files (OTLP JSON lines, event lines, gzip, `-`).
     Check {
+        /// Config file for watches, identity and events fields; without it, the embedded default.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How findings are printed.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-        #[arg(required = true)]
+        /// Files to read: OTLP JSON (one export per line, or whole documents) or WebSocket event
+        /// lines; gzip is detected; `-` reads stdin.
+        #[arg(required = true, value_name = "FILES")]
         files: Vec<String>,
     },
     /// Run a command with its telemetry pointed at a live crosstalk; fail on leaks.
     Run {
+        /// Config file for watches and identity (its listen addresses are replaced by free
+        /// loopback ports); without it, the embedded default.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How findings are printed.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// How long to wait after CMD exits for its last exports.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// The command to run (after `--`), with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at crosstalk.
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
@@ -74,7 +84,10 @@ pub enum ConfigAction {
     /// Print the embedded default configuration.
     Default,
     /// Validate a config file: exit 0, or 2 naming the bad key and why.
-    Check { file: PathBuf },
+    Check {
+        /// The config file to validate.
+        file: PathBuf,
+    },
 }
 
 fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {

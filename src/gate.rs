@@ -79,8 +79,14 @@ fn open_input(name: &str) -> std::io::Result<Box<dyn BufRead>> {
     })
 }
 
-/// Each line is an OTLP JSON export (`resourceSpans` / `resourceLogs`, as the Collector's file
-/// exporter writes them) or a WebSocket event; anything else is an error naming the line.
+/// What `check` reads, for the message when input is neither.
+const EXPECTED: &str = "expected OTLP JSON (`resourceSpans` / `resourceLogs`: one export per line, \
+     or whole documents like opentelemetry-proto's examples/trace.json) or WebSocket events \
+     (one JSON object per line)";
+
+/// The input is JSON lines (one OTLP JSON export, as the Collector's file exporter writes them,
+/// or one WebSocket event per line) or whole, possibly pretty-printed, JSON documents. Which one
+/// is told by the first non-blank line: if it ends in the middle of a value, documents.
 fn feed(
     reader: Box<dyn BufRead>,
     name: &str,
@@ -93,38 +99,89 @@ fn feed(
         line,
         message,
     };
-    for (i, line) in reader.split(b'\n').enumerate() {
+    let mut lines = reader.split(b'\n').enumerate();
+    while let Some((i, line)) = lines.next() {
         let n = i + 1;
         let line = line.map_err(|e| err(n, format!("cannot read: {e}")))?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: Value =
-            serde_json::from_slice(&line).map_err(|e| err(n, format!("invalid JSON: {e}")))?;
-        let received = Received::now();
-        let mut tally = Tally::default();
-        let observations = if value.get("resourceSpans").is_some() {
-            let req: ExportTraceServiceRequest = serde_json::from_value(value)
-                .map_err(|e| err(n, format!("invalid OTLP traces JSON: {e}")))?;
-            otlp::observe_traces(&req, extractor, received.wall_ns, &mut tally)
-        } else if value.get("resourceLogs").is_some() {
-            let req: ExportLogsServiceRequest = serde_json::from_value(value)
-                .map_err(|e| err(n, format!("invalid OTLP logs JSON: {e}")))?;
-            otlp::observe_logs(&req, extractor, received.wall_ns, &mut tally)
-        } else {
-            let obs = observe_event_value(&value, extractor, received.wall_ns).map_err(|r| {
-                err(
-                    n,
-                    format!("unusable event ({}): {}", r.reason.as_str(), r.message),
-                )
-            })?;
-            vec![obs]
+        let value: Value = match serde_json::from_slice(&line) {
+            Ok(v) => v,
+            Err(e) if e.is_eof() => {
+                let mut doc = line;
+                for (j, rest) in lines {
+                    doc.push(b'\n');
+                    doc.extend(rest.map_err(|e| err(j + 1, format!("cannot read: {e}")))?);
+                }
+                return feed_documents(&doc, n, &err, extractor, engine, fx);
+            }
+            Err(e) => return Err(err(n, format!("invalid JSON: {e}; {EXPECTED}"))),
         };
-        if let Some(message) = tally.first_error {
-            return Err(err(n, message));
-        }
-        engine.ingest(observations, received, fx);
+        feed_value(value, extractor, engine, fx).map_err(|m| err(n, m))?;
     }
+    Ok(())
+}
+
+/// One or more whole JSON documents starting at line `first` of the input.
+fn feed_documents(
+    doc: &[u8],
+    first: usize,
+    err: &dyn Fn(usize, String) -> InputError,
+    extractor: &Extractor,
+    engine: &mut Engine,
+    fx: &mut Effects,
+) -> Result<(), InputError> {
+    let mut stream = serde_json::Deserializer::from_slice(doc).into_iter::<Value>();
+    loop {
+        let start = stream.byte_offset();
+        let Some(value) = stream.next() else {
+            return Ok(());
+        };
+        let line = first + doc[..start].iter().filter(|&&b| b == b'\n').count();
+        let value = value.map_err(|e| {
+            err(
+                first + e.line().saturating_sub(1),
+                format!("invalid JSON: {e}; {EXPECTED}"),
+            )
+        })?;
+        feed_value(value, extractor, engine, fx).map_err(|m| err(line, m))?;
+    }
+}
+
+/// One OTLP export or event into the engine; metrics exports carry nothing to check.
+fn feed_value(
+    value: Value,
+    extractor: &Extractor,
+    engine: &mut Engine,
+    fx: &mut Effects,
+) -> Result<(), String> {
+    let received = Received::now();
+    let mut tally = Tally::default();
+    let observations = if value.get("resourceSpans").is_some() {
+        let req: ExportTraceServiceRequest =
+            serde_json::from_value(value).map_err(|e| format!("invalid OTLP traces JSON: {e}"))?;
+        otlp::observe_traces(&req, extractor, received.wall_ns, &mut tally)
+    } else if value.get("resourceLogs").is_some() {
+        let req: ExportLogsServiceRequest =
+            serde_json::from_value(value).map_err(|e| format!("invalid OTLP logs JSON: {e}"))?;
+        otlp::observe_logs(&req, extractor, received.wall_ns, &mut tally)
+    } else if value.get("resourceMetrics").is_some() {
+        return Ok(());
+    } else {
+        let obs = observe_event_value(&value, extractor, received.wall_ns).map_err(|r| {
+            format!(
+                "unusable event ({}): {}; {EXPECTED}",
+                r.reason.as_str(),
+                r.message
+            )
+        })?;
+        vec![obs]
+    };
+    if let Some(message) = tally.first_error {
+        return Err(message);
+    }
+    engine.ingest(observations, received, fx);
     Ok(())
 }
 

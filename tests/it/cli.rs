@@ -68,3 +68,87 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn every_argument_of_check_run_and_user_hash_has_help_text() {
+    for (verb, args) in [
+        ("check", &["--config", "FILES", "--format"][..]),
+        ("run", &["--config", "--format", "--grace", "COMMAND"][..]),
+        ("user-hash", &["--config", "<ID>"][..]),
+    ] {
+        let out = Command::new(BIN).args([verb, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for arg in args {
+            // clap prints an argument with no help as its name alone on the line.
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(arg) || l.contains(&format!("<{arg}>")))
+                .unwrap_or_else(|| panic!("{verb} --help does not list {arg}:\n{help}"));
+            let words = line.split_whitespace().count();
+            assert!(words > 2, "{verb}: `{line}` has no help text:\n{help}");
+        }
+    }
+}
+
+/// Backticked paths in a document, relative to the repository root or to the document.
+fn doc_paths(doc: &str) -> Vec<String> {
+    const ROOTS: [&str; 9] = [
+        "../",
+        "tests/",
+        "deploy/",
+        "dashboards/",
+        "scripts/",
+        "src/",
+        "benches/",
+        "fuzz/",
+        "clients/",
+    ];
+    doc.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| ROOTS.iter().any(|r| t.starts_with(r)) && !t.contains(' '))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readmes_refer_only_to_files_inside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .unwrap();
+    for doc in ["README.md", "deploy/README.md"] {
+        let path = root.join(doc);
+        let base = path.parent().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let paths = doc_paths(&text);
+        assert!(!paths.is_empty(), "{doc}: no paths found");
+        for p in paths {
+            // Relative to the document when it says `../`, else to the repository root.
+            let target = if p.starts_with("../") {
+                base.join(&p)
+            } else {
+                root.join(&p)
+            };
+            let resolved = target
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{doc}: `{p}` does not exist for a clone ({e})"));
+            assert!(
+                resolved.starts_with(&root),
+                "{doc}: `{p}` is outside the repository"
+            );
+        }
+    }
+}
+
+#[test]
+fn readme_shows_the_grpc_exporter_import_for_port_4317() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let grpc = "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter";
+    let at = text
+        .find(grpc)
+        .expect("README shows the gRPC exporter import");
+    assert!(
+        text[at..].lines().take(3).any(|l| l.contains(":4317")),
+        "next to port 4317"
+    );
+}

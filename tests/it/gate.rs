@@ -184,3 +184,73 @@ fn run_passes_on_the_commands_own_failure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
 }
+
+fn proto_example(name: &str) -> String {
+    fixture(&format!("opentelemetry-proto/{name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn official_otlp_json_examples_pass_check_as_whole_documents() {
+    for name in ["trace.json", "logs.json", "events.json", "metrics.json"] {
+        let out = check(&[&proto_example(name)]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn pretty_printed_documents_with_a_leak_are_a_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let pretty = dir.path().join("leak.json");
+    let docs: Vec<String> = std::fs::read_to_string(fixture("collector-leak.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::to_string_pretty(&v).unwrap()
+        })
+        .collect();
+    assert!(docs.len() > 1);
+    std::fs::write(&pretty, docs.join("\n")).unwrap();
+    let out = check(&[pretty.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("user-1, user-2, user-3"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn input_that_is_neither_json_lines_nor_a_document_says_what_is_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.txt");
+    std::fs::write(&bad, "trace of a leak, see ticket 42\n").unwrap();
+    let out = check(&[bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":1:") && err.contains("expected OTLP JSON"),
+        "{err}"
+    );
+    // A document cut short is named at the line where JSON broke off.
+    let cut = dir.path().join("cut.json");
+    let trace = std::fs::read_to_string(proto_example("trace.json")).unwrap();
+    std::fs::write(&cut, &trace[..trace.len() / 2]).unwrap();
+    let out = check(&[cut.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected OTLP JSON"), "{err}");
+}
