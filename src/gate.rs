@@ -178,7 +178,7 @@ fn feed_value(
         })?;
         vec![obs]
     };
-    if let Some(message) = tally.first_error {
+    if let Some(message) = tally.error_message() {
         return Err(message);
     }
     engine.ingest(observations, received, fx);

@@ -233,16 +233,28 @@ pub struct Tally {
     pub items: u64,
     /// Items rejected, by reason.
     pub rejected: BTreeMap<RejectReason, u64>,
-    /// The first rejection's message, for `partial_success.error_message`.
-    pub first_error: Option<String>,
+    /// The first message of each rejection reason: bounded by the fixed set of reasons.
+    pub errors: BTreeMap<RejectReason, String>,
 }
 
 impl Tally {
     pub fn reject(&mut self, reason: RejectReason, message: impl FnOnce() -> String) {
         *self.rejected.entry(reason).or_default() += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(message());
-        }
+        self.errors.entry(reason).or_insert_with(message);
+    }
+
+    /// Every reason with its count and first message, for `partial_success.error_message`
+    /// (an exporter logs it; one reason hiding another sends the operator the wrong way).
+    pub fn error_message(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(reason, message)| {
+                let n = self.rejected.get(reason).copied().unwrap_or(0);
+                format!("{n} {}: {message}", reason.as_str())
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -335,9 +347,10 @@ pub(crate) struct AttributeScan {
     user: Option<(usize, Box<str>)>,
     tenant: Option<(usize, Box<str>)>,
     pub watched: Vec<WatchedId>,
-    pub too_long: bool,
-    /// A user, tenant or watched id held control characters (NUL and the like).
-    pub control_chars: bool,
+    /// The key of the first user, tenant or watched attribute longer than `max_id_bytes`.
+    pub too_long: Option<Box<str>>,
+    /// The key of the first user, tenant or watched id holding control characters (NUL...).
+    pub control_chars: Option<Box<str>>,
 }
 
 impl AttributeScan {
@@ -347,26 +360,26 @@ impl AttributeScan {
             return;
         };
         if ex.reads(key.as_bytes()) && has_control_chars(value) {
-            self.control_chars = true;
+            self.control_chars.get_or_insert_with(|| key.into());
             return;
         }
         if let Some(&rank) = ex.user_keys.get(key) {
             if value.len() > ex.max_id_bytes {
-                self.too_long = true;
+                self.too_long.get_or_insert_with(|| key.into());
             } else if self.user.as_ref().is_none_or(|(r, _)| rank < *r) {
                 self.user = Some((rank, value.into()));
             }
         }
         if let Some(&rank) = ex.tenant_keys.get(key) {
             if value.len() > ex.max_id_bytes {
-                self.too_long = true;
+                self.too_long.get_or_insert_with(|| key.into());
             } else if self.tenant.as_ref().is_none_or(|(r, _)| rank < *r) {
                 self.tenant = Some((rank, value.into()));
             }
         }
         if let Some(watches) = ex.watch_keys.get(key) {
             if value.len() > ex.max_id_bytes {
-                self.too_long = true;
+                self.too_long.get_or_insert_with(|| key.into());
                 return;
             }
             for &watch in watches {

@@ -144,16 +144,16 @@ pub(crate) fn span_observation(
     tally: &mut Tally,
 ) -> Option<Observation> {
     tally.items += 1;
-    if scan.control_chars {
+    if let Some(key) = &scan.control_chars {
         tally.reject(RejectReason::ControlChars, || {
-            "span user or instance id holds control characters".to_owned()
+            format!("span attribute `{key}` holds control characters")
         });
         return None;
     }
-    if scan.too_long {
+    if let Some(key) = &scan.too_long {
         tally.reject(RejectReason::IdTooLong, || {
             format!(
-                "span id or user attribute longer than {} bytes",
+                "span attribute `{key}` longer than {} bytes",
                 ex.max_id_bytes
             )
         });
@@ -224,15 +224,18 @@ pub fn observe_logs(
                     };
                     *slot = Some(value.into());
                 }
-                if scan.control_chars {
+                if let Some(key) = &scan.control_chars {
                     tally.reject(RejectReason::ControlChars, || {
-                        "log user or instance id holds control characters".to_owned()
+                        format!("log attribute `{key}` holds control characters")
                     });
                     continue;
                 }
-                if scan.too_long {
+                if let Some(key) = &scan.too_long {
                     tally.reject(RejectReason::IdTooLong, || {
-                        format!("log attribute id longer than {} bytes", ex.max_id_bytes)
+                        format!(
+                            "log attribute `{key}` longer than {} bytes",
+                            ex.max_id_bytes
+                        )
                     });
                     continue;
                 }

@@ -80,8 +80,8 @@ pub fn observe_traces_protobuf(
     for (reason, n) in walk.tally.rejected {
         *tally.rejected.entry(reason).or_default() += n;
     }
-    if tally.first_error.is_none() {
-        tally.first_error = walk.tally.first_error;
+    for (reason, message) in walk.tally.errors {
+        tally.errors.entry(reason).or_insert(message);
     }
     Ok(walk.out)
 }

@@ -81,7 +81,7 @@ impl TraceService for OtlpGrpc {
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: tally.rejected_total() as i64,
-                error_message: tally.first_error.clone().unwrap_or_default(),
+                error_message: tally.error_message().unwrap_or_default(),
             }),
         }))
     }
@@ -109,7 +109,7 @@ impl LogsService for OtlpGrpc {
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: tally.rejected_total() as i64,
-                error_message: tally.first_error.clone().unwrap_or_default(),
+                error_message: tally.error_message().unwrap_or_default(),
             }),
         }))
     }

@@ -136,7 +136,7 @@ impl OtlpHttp {
         let response = ExportTraceServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: tally.rejected_total() as i64,
-                error_message: tally.first_error.clone().unwrap_or_default(),
+                error_message: tally.error_message().unwrap_or_default(),
             }),
         };
         encode(encoding, &response)
@@ -154,7 +154,7 @@ impl OtlpHttp {
         let response = ExportLogsServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: tally.rejected_total() as i64,
-                error_message: tally.first_error.clone().unwrap_or_default(),
+                error_message: tally.error_message().unwrap_or_default(),
             }),
         };
         encode(encoding, &response)

@@ -227,3 +227,50 @@ fn findings_page_with_a_next_cursor_and_bad_limits_are_400() {
     assert_eq!(all.len(), 5);
     assert_eq!(seen, all, "pages in order, none twice, none missing");
 }
+
+#[test]
+fn partial_success_names_the_attribute_and_every_reason() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message;
+    let s = Server::start(FACTORY_WATCH);
+    let long = "x".repeat(300);
+    let req = traces(
+        "svc",
+        "p",
+        vec![
+            span(
+                1,
+                1,
+                &[("user.id", "alice"), ("agent_factory.instance_id", &long)],
+            ),
+            span(
+                2,
+                2,
+                &[("user.id", "al\0ice"), ("agent_factory.instance_id", "f")],
+            ),
+            span(
+                3,
+                3,
+                &[("user.id", "alice"), ("agent_factory.instance_id", "f")],
+            ),
+        ],
+    );
+    let r = s.post_traces(&req);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let partial = ExportTraceServiceResponse::decode(&r.body[..])
+        .unwrap()
+        .partial_success
+        .expect("partial success");
+    assert_eq!(partial.rejected_spans, 2);
+    let msg = partial.error_message;
+    assert!(
+        msg.contains(
+            "1 id_too_long: span attribute `agent_factory.instance_id` longer than 256 bytes"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1 control_chars_in_id: span attribute `user.id` holds control characters"),
+        "{msg}"
+    );
+}
