@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
@@ -90,6 +91,27 @@ fn truncate(value: &str, max: usize) -> String {
 
 /// Observations of every usable span in an export; spans that matter neither for a watch nor
 /// for learning a trace's user are dropped here.
+/// Data points in a metrics export: crosstalk reads no metrics, but accepts them from apps whose
+/// SDK exports every signal to one endpoint, and counts what it discards.
+pub fn metric_points(request: &ExportMetricsServiceRequest) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let points = |data: &Option<Data>| match data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(e)) => e.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    };
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| points(&m.data) as u64)
+        .sum()
+}
+
 pub fn observe_traces(
     request: &ExportTraceServiceRequest,
     ex: &Extractor,

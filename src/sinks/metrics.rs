@@ -42,6 +42,11 @@ pub struct SignalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscardLabels {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub source: String,
     pub reason: String,
@@ -77,6 +82,7 @@ pub struct Metrics {
     pub received: Family<SignalLabels, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
     pub admin_bad_requests: Family<ReasonLabels, Counter>,
+    pub discarded: Family<DiscardLabels, Counter>,
     pub unattributed: Family<WatchLabels, Counter>,
     pub watched_observations: Family<WatchLabels, Counter>,
     pub detection_delay: Histogram,
@@ -146,6 +152,12 @@ impl Metrics {
             "crosstalk_admin_bad_requests",
             "Admin API requests refused (bad query, wrong method, missing token, unknown path)",
             admin_bad_requests.clone(),
+        );
+        let discarded = Family::<DiscardLabels, Counter>::default();
+        registry.register(
+            "crosstalk_discarded",
+            "Items accepted and deliberately dropped: signals crosstalk does not read (metrics data points)",
+            discarded.clone(),
         );
         let unattributed = Family::<WatchLabels, Counter>::default();
         registry.register(
@@ -260,6 +272,7 @@ impl Metrics {
             received,
             rejected,
             admin_bad_requests,
+            discarded,
             unattributed,
             watched_observations,
             detection_delay,
@@ -302,6 +315,15 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Count items accepted and dropped unread.
+    pub fn discard(&self, signal: &str, n: u64) {
+        self.discarded
+            .get_or_create(&DiscardLabels {
+                signal: signal.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Count accepted items.

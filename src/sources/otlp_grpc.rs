@@ -1,4 +1,5 @@
-//! OTLP/gRPC: `TraceService/Export` and `LogsService/Export`, gzip accepted.
+//! OTLP/gRPC: `TraceService/Export` and `LogsService/Export`, gzip accepted;
+//! `MetricsService/Export` accepted and discarded (counted).
 //!
 //! A full ingest queue answers `UNAVAILABLE` with a `RetryInfo` detail, which OTLP exporters
 //! treat as retryable after the given delay.
@@ -12,6 +13,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -88,6 +95,18 @@ impl TraceService for OtlpGrpc {
 }
 
 #[tonic::async_trait]
+impl MetricsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let points = otlp::metric_points(request.get_ref());
+        self.ctx.metrics.discard("metrics", points);
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
 impl LogsService for OtlpGrpc {
     async fn export(
         &self,
@@ -145,11 +164,16 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
     let traces = InterceptedService::new(traces, check.clone());
-    let logs = LogsServiceServer::new(service)
+    let logs = LogsServiceServer::new(service.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    let logs = InterceptedService::new(logs, check);
+    let logs = InterceptedService::new(logs, check.clone());
+    let metrics = MetricsServiceServer::new(service)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max);
+    let metrics = InterceptedService::new(metrics, check);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
@@ -158,6 +182,7 @@ pub async fn serve(
     server
         .add_service(traces)
         .add_service(logs)
+        .add_service(metrics)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
 }

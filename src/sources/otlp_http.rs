@@ -1,5 +1,6 @@
 //! OTLP/HTTP: `POST /v1/traces` and `/v1/logs` (protobuf or JSON, optionally gzip), and
-//! `POST /v1/events` (WebSocket event lines as NDJSON or a JSON array).
+//! `POST /v1/events` (WebSocket event lines as NDJSON or a JSON array). `/v1/metrics` is
+//! accepted and discarded (counted), so an app exporting every signal here logs no errors.
 //!
 //! Follows the OTLP/HTTP specification: the response uses the request's content type; an
 //! undecodable body is 400 with a `google.rpc.Status`; an unsupported content type is 415;
@@ -12,6 +13,9 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -68,7 +72,10 @@ impl Handler for OtlpHttp {
             }
         }
         let path = request.uri().path().to_owned();
-        let known = matches!(path.as_str(), "/v1/traces" | "/v1/logs" | "/v1/events");
+        let known = matches!(
+            path.as_str(),
+            "/v1/traces" | "/v1/logs" | "/v1/metrics" | "/v1/events"
+        );
         if !known {
             return self.plain_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
         }
@@ -107,10 +114,10 @@ impl Handler for OtlpHttp {
             Ok(b) => b,
             Err(e) => return self.status_error(encoding, e.status(), e.reason(), &e.to_string()),
         };
-        if path == "/v1/traces" {
-            self.traces(encoding, body).await
-        } else {
-            self.logs(encoding, body).await
+        match path.as_str() {
+            "/v1/traces" => self.traces(encoding, body).await,
+            "/v1/metrics" => self.metrics(encoding, body),
+            _ => self.logs(encoding, body).await,
         }
     }
 }
@@ -158,6 +165,18 @@ impl OtlpHttp {
             }),
         };
         encode(encoding, &response)
+    }
+
+    /// Decoded (a malformed body is still a 400), counted, dropped: nothing to make durable.
+    fn metrics(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
+        match decode::<ExportMetricsServiceRequest>(encoding, &body) {
+            Ok(request) => {
+                let points = otlp::metric_points(&request);
+                self.ctx.metrics.discard("metrics", points);
+                encode(encoding, &ExportMetricsServiceResponse::default())
+            }
+            Err(msg) => self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg),
+        }
     }
 
     /// Answer a decode error with 400, else submit and wait until durable (503 when refused);

@@ -274,3 +274,52 @@ fn partial_success_names_the_attribute_and_every_reason() {
         "{msg}"
     );
 }
+
+/// The Python SDK's OTLP metric exporter over `protocol`, against `endpoint`.
+fn export_metrics_with_python(protocol: &str, endpoint: &str) -> (bool, String) {
+    let out = Command::new(python())
+        .arg(e2e_script("metrics_exporter.py"))
+        .args(["--protocol", protocol, "--endpoint", endpoint])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn sdk_metrics_over_http_and_grpc_are_accepted_and_counted_as_discarded() {
+    let s = Server::start(FACTORY_WATCH);
+    let (ok, out) = export_metrics_with_python("http", &format!("http://{}", s.http));
+    assert!(ok, "OTLP/HTTP metrics export failed: {out}");
+    let (ok, out) = export_metrics_with_python("grpc", &format!("http://{}", s.grpc));
+    assert!(ok, "OTLP/gRPC metrics export failed: {out}");
+    let discarded = r#"crosstalk_discarded_total{signal="metrics"}"#;
+    assert_eq!(s.metric(discarded), 6.0, "three data points per export");
+
+    // The official example, and a body that is not a metrics export at all.
+    let example = std::fs::read(repo("tests/fixtures/opentelemetry-proto/metrics.json")).unwrap();
+    let r = s.post("/v1/metrics", "application/json", &example);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(s.metric(discarded) > 6.0);
+    let r = s.post("/v1/metrics", "application/x-protobuf", b"\xff\xff\xff");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn official_example_traces_and_logs_are_accepted_over_http() {
+    let s = Server::start(FACTORY_WATCH);
+    for (path, file) in [
+        ("/v1/traces", "trace.json"),
+        ("/v1/logs", "logs.json"),
+        ("/v1/logs", "events.json"),
+    ] {
+        let body =
+            std::fs::read(repo(&format!("tests/fixtures/opentelemetry-proto/{file}"))).unwrap();
+        let r = s.post(path, "application/json", &body);
+        assert_eq!(r.status, 200, "{file}: {}", r.text());
+    }
+}
