@@ -365,7 +365,7 @@ fn corpus() -> Vec<Case> {
         },
         Case {
             name: "unknown path",
-            path: "/v1/metrics",
+            path: "/v1/profiles",
             content_type: pb,
             encoding: None,
             body: Vec::new(),

@@ -232,7 +232,7 @@ fn bad_bodies_are_4xx_with_a_status_and_the_server_keeps_serving() {
     assert_eq!(r.status, 400);
     assert_eq!(get(&s.http_url("/v1/traces")).status, 405);
     assert_eq!(
-        s.post("/v1/metrics", "application/x-protobuf", b"").status,
+        s.post("/v1/profiles", "application/x-protobuf", b"").status,
         404
     );
 
