@@ -1,6 +1,7 @@
 //! Correlation: from observations to findings.
 //!
 //! - [`attribution`]: which user a trace served, and spans waiting to learn it;
+//! - [`discovery`]: per-key statistics and verdicts that point at attributes nobody watches;
 //! - [`distinct`]: distinct counts, exact while small and a HyperLogLog sketch beyond;
 //! - [`engine`]: per-instance bindings, policies, scopes, boundaries, misdelivered events, and
 //!   the engine↔store contract (`engine/contract.rs`);
@@ -8,6 +9,7 @@
 //! - [`finding`]: the findings contract.
 
 pub mod attribution;
+pub mod discovery;
 pub mod distinct;
 pub mod engine;
 pub mod evidence;
