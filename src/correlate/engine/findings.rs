@@ -100,7 +100,7 @@ impl Engine {
             service: resource.service(),
             policy: watch.policy.as_str(),
             boundary: watch.boundary.as_str(),
-            severity: &watch.severity,
+            severity: watch.severity.as_str(),
         };
         let first = uses.iter().map(|u| u.first_ns).min();
         let last = uses.iter().map(|u| u.last_ns).max();

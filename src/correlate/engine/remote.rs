@@ -132,7 +132,7 @@ impl Engine {
             service: &rc.check.service,
             policy: w.policy.as_str(),
             boundary: w.boundary.as_str(),
-            severity: &w.severity,
+            severity: w.severity.as_str(),
         };
         let id = finding_id(subject.kind, subject.watch, "", subject.instance);
         let users = uses.iter().map(|u| u.user.as_str());

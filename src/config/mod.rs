@@ -1,0 +1,178 @@
+//! Configuration in two stages: the TOML a user writes ([`raw`], strict: unknown keys are errors)
+//! is validated once ([`resolve`], one function per section; [`watch`] for `[[watch]]`) into the
+//! resolved [`Config`] the rest of the program uses.
+//!
+//! Every raw key has an explicit default, so an empty file is a valid config equal to the
+//! embedded default minus its watches.
+
+mod raw;
+mod resolve;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{EventFields, Limits};
+pub use watch::{Boundary, Policy, Scope, Severity, Watch};
+
+/// The embedded default configuration, printed by `crosstalk config default`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Why a configuration could not be used. Messages name the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub storage_dir: PathBuf,
+    pub identity: Identity,
+    pub attribution: Attribution,
+    pub limits: Limits,
+    pub events: Events,
+    pub shutdown_grace: Duration,
+    pub privacy: Privacy,
+    pub alertmanager: Option<Alertmanager>,
+    pub auth: Auth,
+    pub cluster: Option<Cluster>,
+    /// Certificate and key (PEM) for every listener.
+    pub tls: Option<TlsFiles>,
+    pub watches: Vec<Watch>,
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn default_config() -> Self {
+        Self::from_toml(DEFAULT_CONFIG).expect("embedded default config is valid")
+    }
+
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        raw.resolve()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Global watches coordinated across sidecars through Redis.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// One URL: a single Redis. Several: the nodes of a Redis Cluster.
+    pub redis_urls: Vec<String>,
+    /// Global observations queued while Redis is unreachable, at most.
+    pub max_pending: usize,
+    /// Per-command and connect timeout.
+    pub timeout: Duration,
+}
+
+/// Where raw user ids may appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserIds {
+    /// Raw ids in the store and the (authenticated) findings API; pseudonyms in logs and alerts.
+    Raw,
+    /// Pseudonyms everywhere, store and API included.
+    Hmac,
+}
+
+#[derive(Debug, Clone)]
+pub struct Privacy {
+    pub user_ids: UserIds,
+    pub hmac_key: Option<String>,
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+/// Direct push of findings to Alertmanager's API v2.
+#[derive(Debug, Clone)]
+pub struct Alertmanager {
+    /// Base URL, e.g. `http://127.0.0.1:9093`.
+    pub url: String,
+    pub resend_interval: Duration,
+    pub resolve_after: Duration,
+    pub runbook_url: String,
+    /// Base URL under which the findings API is reachable for people; default: the admin address.
+    pub external_url: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Bearer tokens for the listeners.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub otlp_token_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow a non-loopback admin listener without a token.
+    pub admin_insecure: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Attribute keys naming the user, in order of preference.
+    pub user_attributes: Vec<String>,
+    /// Attribute keys naming the tenant (organisation), in order of preference.
+    pub tenant_attributes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    pub wait: Duration,
+    pub max_pending: usize,
+}
+
+/// Where a file new to crosstalk is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Clone)]
+pub struct Events {
+    pub files: Vec<PathBuf>,
+    pub start_at: StartAt,
+    pub max_line_bytes: usize,
+    pub poll_interval: Duration,
+    pub fields: EventFields,
+}

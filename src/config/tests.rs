@@ -1,0 +1,108 @@
+//! Config tests: defaults, strictness, and that every error names its key.
+
+use std::time::Duration;
+
+use super::resolve::{Named, parse_named};
+use super::*;
+
+#[test]
+fn embedded_default_is_valid_and_watches_session_globally() {
+    let cfg = Config::default_config();
+    let session = cfg.watches.iter().find(|w| w.attribute == "session.id");
+    let session = session.expect("default watches session.id");
+    assert_eq!(session.policy, Policy::Exclusive);
+    assert_eq!(session.scope, Scope::Global);
+    assert_eq!(cfg.listen.admin.port(), 9477);
+}
+
+#[test]
+fn empty_file_takes_defaults() {
+    let cfg = Config::from_toml("").unwrap();
+    assert_eq!(cfg.identity.user_attributes, ["user.id", "enduser.id"]);
+    assert!(cfg.watches.is_empty());
+    assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = Config::from_toml("[listen]\nadmn = \"127.0.0.1:1\"\n").unwrap_err();
+    assert!(err.to_string().contains("admn"), "{err}");
+}
+
+#[test]
+fn bad_policy_is_named_with_its_key() {
+    let text = "[[watch]]\nname=\"f\"\nattribute=\"a\"\npolicy=\"sometimes\"\n";
+    let err = Config::from_toml(text).unwrap_err().to_string();
+    assert!(
+        err.contains("watch[0].policy") && err.contains("sometimes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_watch_names_are_rejected() {
+    let text = "[[watch]]\nname=\"f\"\nattribute=\"a\"\n[[watch]]\nname=\"f\"\nattribute=\"b\"\n";
+    let err = Config::from_toml(text).unwrap_err().to_string();
+    assert!(err.contains("watch[1].name"), "{err}");
+}
+
+#[test]
+fn bad_address_and_duration_are_named() {
+    let err = Config::from_toml("[listen]\nadmin=\"nowhere\"\n").unwrap_err();
+    assert!(err.to_string().contains("listen.admin"));
+    let err = Config::from_toml("[attribution]\nwait=\"soon\"\n").unwrap_err();
+    assert!(err.to_string().contains("attribution.wait"));
+}
+
+#[test]
+fn event_fields_can_be_remapped_to_paths() {
+    let cfg = Config::from_toml("[events.fields]\nuser = \"payload.user_id\"\n").unwrap();
+    assert_eq!(cfg.events.fields.user, "payload.user_id");
+    assert_eq!(cfg.events.fields.connection, "connection_id");
+}
+
+proptest::proptest! {
+    /// Arbitrary text is a config or an error naming what is wrong, never a panic.
+    #[test]
+    fn any_text_parses_or_errs(text in "(\\PC|\\n|\\[|\\]|=|\"){0,400}") {
+        if let Err(e) = Config::from_toml(&text) {
+            proptest::prop_assert!(!e.to_string().is_empty());
+        }
+    }
+}
+
+/// Each name table parses what it prints, and its error lists the whole table.
+fn round_trips<T: Named + std::fmt::Debug>() {
+    for (name, value) in T::NAMES {
+        assert_eq!(value.name(), *name);
+        assert_eq!(parse_named::<T>("k", name).unwrap(), *value);
+    }
+    let err = parse_named::<T>("k", "nope").unwrap_err().to_string();
+    let all: Vec<&str> = T::NAMES.iter().map(|(n, _)| *n).collect();
+    assert!(err.contains(&all.join(", ")), "{err}");
+}
+
+#[test]
+fn name_tables_round_trip() {
+    round_trips::<Policy>();
+    round_trips::<Scope>();
+    round_trips::<Boundary>();
+    round_trips::<Severity>();
+    round_trips::<UserIds>();
+    round_trips::<StartAt>();
+}
+
+#[test]
+fn severity_is_parsed_and_named_with_its_key() {
+    let text = "[[watch]]\nname=\"f\"\nattribute=\"a\"\nseverity=\"warning\"\n";
+    assert_eq!(
+        Config::from_toml(text).unwrap().watches[0].severity,
+        Severity::Warning
+    );
+    let text = "[[watch]]\nname=\"f\"\nattribute=\"a\"\nseverity=\"loud\"\n";
+    let err = Config::from_toml(text).unwrap_err().to_string();
+    assert!(
+        err.contains("watch[0].severity") && err.contains("critical, warning, info"),
+        "{err}"
+    );
+}
