@@ -101,7 +101,7 @@ impl App {
         } else {
             store
         };
-        let db_path = store.dir().join("crosstalk.db");
+        let outbox = Arc::new(store.outbox()?);
         let mut engine = Engine::new(&config, metrics.clone());
         if config.privacy.user_ids == UserIds::Hmac {
             engine = engine.with_pseudonyms(pseudonyms.clone());
@@ -207,7 +207,7 @@ impl App {
                     .clone()
                     .unwrap_or_else(|| format!("http://{}", addrs.admin)),
                 config: am.clone(),
-                db_path,
+                outbox,
                 pseudonyms,
                 user_ids: config.privacy.user_ids,
                 metrics: metrics.clone(),

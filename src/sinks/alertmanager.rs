@@ -4,10 +4,9 @@
 //! the finding, so neither an Alertmanager outage nor a crosstalk restart loses an alert: this
 //! task sends whatever is due, re-sends while firing, backs off on failure, and resolves (sends
 //! `endsAt`) once the instance has been quiet for `resolve_after`. User ids leave only as HMAC
-//! pseudonyms.
+//! pseudonyms. The store owns the outbox's SQL; this task only asks it what is due.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,6 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rusqlite::{Connection, params};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -25,24 +23,18 @@ use crate::correlate::finding::{now_ns, rfc3339};
 use crate::correlate::{Finding, FindingKind};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::metrics::Metrics;
+use crate::store::{AlertState, DueAlert, Outbox, Settled};
 
 const POLL: Duration = Duration::from_millis(250);
 const MAX_BACKOFF_S: u64 = 60;
 /// Alerts sent per poll at most, so a backlog drains in steps.
 const BATCH: usize = 64;
 
-/// One alert due for sending.
-struct Due {
-    finding: Finding,
-    state: String,
-    attempts: i64,
-    last_seen_ns: u64,
-}
-
 /// The outbox sender.
 pub struct AlertSender {
     pub config: Alertmanager,
-    pub db_path: PathBuf,
+    /// The store's outbox: which alerts are due, and where their next due time is written.
+    pub outbox: Arc<Outbox>,
     /// Where people reach the findings API (`external_url`, else the admin address).
     pub findings_base: String,
     pub pseudonyms: Pseudonymizer,
@@ -53,16 +45,6 @@ pub struct AlertSender {
 impl AlertSender {
     /// Send until shutdown; what is still due then stays in the outbox for the next start.
     pub async fn run(self, shutdown: CancellationToken) {
-        let db = match Connection::open(&self.db_path) {
-            Ok(c) => {
-                let _ = c.busy_timeout(Duration::from_secs(5));
-                Arc::new(Mutex::new(c))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "alert outbox unavailable; alerts will wait for a restart");
-                return;
-            }
-        };
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let url = format!("{}/api/v2/alerts", self.config.url);
@@ -71,11 +53,8 @@ impl AlertSender {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let due = {
-                let db = db.clone();
-                tokio::task::spawn_blocking(move || load_due(&db, now_ns())).await
-            };
-            let due = match due {
+            let outbox = self.outbox.clone();
+            let due = match tokio::task::spawn_blocking(move || outbox.due(now_ns(), BATCH)).await {
                 Ok(Ok(d)) => d,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "reading the alert outbox failed");
@@ -83,47 +62,57 @@ impl AlertSender {
                 }
                 Err(_) => continue,
             };
-            for item in due {
-                let now = now_ns();
-                let quiet = now.saturating_sub(item.last_seen_ns)
-                    > self.config.resolve_after.as_nanos() as u64;
-                let resolving = item.state == "firing" && quiet;
-                let body = self.payload(&item.finding, resolving, now);
-                let ok = self.post(&client, &url, body).await;
-                let (state, due_ns, attempts) = if ok {
-                    self.metrics.alerts_sent.inc();
-                    if resolving {
-                        ("resolved", i64::MAX, 0)
-                    } else {
-                        (
-                            "firing",
-                            (now + self.config.resend_interval.as_nanos() as u64) as i64,
-                            0,
-                        )
-                    }
-                } else {
-                    self.metrics.alert_failures.inc();
-                    let backoff = (1u64 << item.attempts.clamp(0, 6)).min(MAX_BACKOFF_S);
-                    (
-                        item.state.as_str(),
-                        (now + backoff * 1_000_000_000) as i64,
-                        item.attempts + 1,
-                    )
-                };
-                let db = db.clone();
-                let id = item.finding.id.clone();
-                let state = state.to_owned();
-                let sent = ok.then_some(now as i64);
-                let _ = tokio::task::spawn_blocking(move || {
-                    let db = db.lock().unwrap_or_else(|e| e.into_inner());
-                    db.execute(
-                        "UPDATE alert_outbox SET state = ?2, due_ns = ?3, attempts = ?4,
-                             last_sent_ns = COALESCE(?5, last_sent_ns) WHERE finding_id = ?1",
-                        params![id, state, due_ns, attempts, sent],
-                    )
-                })
-                .await;
+            for id in &due.unreadable {
+                self.metrics.alert_failures.inc();
+                tracing::error!(finding = %id, "alert outbox row names an unreadable finding; set aside until the finding is written again");
             }
+            for item in due.alerts {
+                let settled = self.send(&client, &url, &item).await;
+                let outbox = self.outbox.clone();
+                let id = item.finding.id.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || outbox.settle(&id, settled)).await;
+                if let Ok(Err(e)) = written {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(finding = %item.finding.id, error = %e, "writing the alert's next due time failed; held until then");
+                }
+            }
+        }
+    }
+
+    /// Send one due alert (or its resolution); what to write back.
+    async fn send(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        url: &str,
+        item: &DueAlert,
+    ) -> Settled {
+        let now = now_ns();
+        let quiet =
+            now.saturating_sub(item.last_seen_ns) > self.config.resolve_after.as_nanos() as u64;
+        let body = self.payload(&item.finding, quiet, now);
+        if self.post(client, url, body).await {
+            self.metrics.alerts_sent.inc();
+            let (state, due_ns) = if quiet {
+                (AlertState::Resolved, u64::MAX)
+            } else {
+                let resend = self.config.resend_interval.as_nanos() as u64;
+                (AlertState::Firing, now.saturating_add(resend))
+            };
+            return Settled {
+                state,
+                due_ns,
+                attempts: 0,
+                sent_ns: Some(now),
+            };
+        }
+        self.metrics.alert_failures.inc();
+        let backoff = (1u64 << item.attempts.min(6)).min(MAX_BACKOFF_S);
+        Settled {
+            state: AlertState::Firing,
+            due_ns: now.saturating_add(backoff * 1_000_000_000),
+            attempts: item.attempts.saturating_add(1),
+            sent_ns: None,
         }
     }
 
@@ -228,34 +217,4 @@ impl AlertSender {
         }])
         .to_string()
     }
-}
-
-fn load_due(db: &Mutex<Connection>, now: u64) -> rusqlite::Result<Vec<Due>> {
-    let db = db.lock().unwrap_or_else(|e| e.into_inner());
-    let mut stmt = db.prepare_cached(
-        "SELECT f.body, o.state, o.attempts, f.last_seen_ns FROM alert_outbox o
-         JOIN findings f ON f.id = o.finding_id
-         WHERE o.due_ns <= ?1 AND o.state = 'firing' ORDER BY o.due_ns LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![now as i64, BATCH as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (body, state, attempts, last_seen) = row?;
-        if let Ok(finding) = serde_json::from_str(&body) {
-            out.push(Due {
-                finding,
-                state,
-                attempts,
-                last_seen_ns: last_seen as u64,
-            });
-        }
-    }
-    Ok(out)
 }

@@ -410,4 +410,4 @@ pub use contract::{
 pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

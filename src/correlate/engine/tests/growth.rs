@@ -125,7 +125,7 @@ fn a_finding_that_grows_across_tenants_becomes_critical() {
     assert!(grown.news.iter().any(|n| n.id == f.id && !n.new));
 }
 
-fn remote_use(user: &str, tenant: &str, first_s: u64, last_s: u64) -> RemoteUse {
+pub(crate) fn remote_use(user: &str, tenant: &str, first_s: u64, last_s: u64) -> RemoteUse {
     let evidence = crate::correlate::finding::Evidence {
         user: user.into(),
         tenant: Some(tenant.into()),
@@ -149,7 +149,7 @@ fn remote_use(user: &str, tenant: &str, first_s: u64, last_s: u64) -> RemoteUse 
 }
 
 /// A verdict from Redis about instance `e` of watch `w`, naming `uses`.
-fn verdict(uses: Vec<RemoteUse>) -> RemoteConflict {
+pub(crate) fn verdict(uses: Vec<RemoteUse>) -> RemoteConflict {
     let u = &uses[uses.len() - 1];
     RemoteConflict {
         check: ClusterCheck {

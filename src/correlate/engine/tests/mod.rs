@@ -541,4 +541,4 @@ fn hmac_mode_binds_pseudonyms_only() {
     );
 }
 
-mod growth;
+pub(crate) mod growth;

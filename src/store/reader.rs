@@ -1,0 +1,197 @@
+//! Reading back: what the engine restores at start-up, tailed files' offsets, and the
+//! findings API's read-only view (its own connection, never blocking the writer).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{FileCheckpoint, Store, StoreError};
+use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, RestoredScope};
+use crate::correlate::{Finding, FindingKind};
+
+impl Store {
+    /// Everything the engine needs to carry on where it stopped.
+    pub fn restore(&self) -> Result<Restored, StoreError> {
+        let mut restored = Restored::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT scope_key, identity FROM scopes")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (key, identity) = row?;
+            let identity: BTreeMap<String, String> = serde_json::from_str(&identity)?;
+            restored.scopes.push(RestoredScope {
+                scope_key: key,
+                identity,
+            });
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT watch, scope_key, instance, user, tenant, first_ns, last_ns, last_start_ns,
+                    last_end_ns, trace_id, span_id, signal, evidence_scope_key FROM bindings",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(BindingRow {
+                watch: r.get(0)?,
+                scope_key: r.get(1)?,
+                instance: r.get(2)?,
+                user: r.get(3)?,
+                tenant: r.get(4)?,
+                first_ns: r.get::<_, i64>(5)? as u64,
+                last_ns: r.get::<_, i64>(6)? as u64,
+                last_start_ns: r.get::<_, i64>(7)? as u64,
+                last_end_ns: r.get::<_, i64>(8)? as u64,
+                trace_id: r.get(9)?,
+                span_id: r.get(10)?,
+                signal: r.get(11)?,
+                evidence_scope_key: r.get(12)?,
+            })
+        })?;
+        for row in rows {
+            restored.bindings.push(row?);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body, scope_key, detected_ns, last_seen_ns FROM findings")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (body, scope_key, detected, last_seen) = row?;
+            restored.findings.push(FindingRecord {
+                finding: serde_json::from_str(&body)?,
+                scope_key,
+                detected_ns: detected as u64,
+                last_seen_ns: last_seen as u64,
+            });
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, received_ns, body FROM pending ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PendingRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                received_ns: r.get::<_, i64>(1)? as u64,
+                body: r.get(2)?,
+            })
+        })?;
+        for row in rows {
+            restored.pending.push(row?);
+        }
+        Ok(restored)
+    }
+
+    /// Committed offsets of tailed files, by path.
+    pub fn file_offsets(&self) -> Result<HashMap<String, FileCheckpoint>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, dev, ino, offset FROM file_offsets")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FileCheckpoint {
+                path: r.get(0)?,
+                dev: r.get::<_, i64>(1)? as u64,
+                ino: r.get::<_, i64>(2)? as u64,
+                offset: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let c = row?;
+            out.insert(c.path.clone(), c);
+        }
+        Ok(out)
+    }
+}
+
+/// Which findings to list.
+#[derive(Debug, Default, Clone)]
+pub struct FindingFilter {
+    pub kind: Option<FindingKind>,
+    pub watch: Option<String>,
+    /// Findings detected or updated at or after this time (Unix ns).
+    pub since_ns: Option<u64>,
+    pub limit: usize,
+    /// Resume after this position (the last finding of the previous page).
+    pub after: Option<Cursor>,
+}
+
+/// A position in the newest-first order of findings: detection time, then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub detected_ns: u64,
+    pub id: String,
+}
+
+/// A read-only view of the store for the findings API.
+pub struct StoreReader {
+    pub(super) conn: Mutex<Connection>,
+}
+
+impl StoreReader {
+    /// Findings matching `filter`, newest first, and the cursor of the last one when more follow.
+    pub fn findings(
+        &self,
+        filter: &FindingFilter,
+    ) -> Result<(Vec<Finding>, Option<Cursor>), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT body, detected_ns, id FROM findings
+             WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR watch = ?2)
+               AND (?3 IS NULL OR detected_ns >= ?3 OR last_seen_ns >= ?3)
+               AND (?5 IS NULL OR detected_ns < ?5 OR (detected_ns = ?5 AND id > ?6))
+             ORDER BY detected_ns DESC, id LIMIT ?4",
+        )?;
+        let after = filter.after.as_ref();
+        // One row past the page tells whether a next page exists.
+        let rows = stmt.query_map(
+            params![
+                filter.kind.map(FindingKind::as_str),
+                filter.watch,
+                filter.since_ns.map(|n| n as i64),
+                filter.limit as i64 + 1,
+                after.map(|c| c.detected_ns as i64),
+                after.map(|c| c.id.as_str()),
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        let mut last = None;
+        for row in rows {
+            let (body, detected, id) = row?;
+            if out.len() == filter.limit {
+                return Ok((out, last));
+            }
+            out.push(serde_json::from_str(&body)?);
+            last = Some(Cursor {
+                detected_ns: detected as u64,
+                id,
+            });
+        }
+        Ok((out, None))
+    }
+
+    /// One finding by id.
+    pub fn finding(&self, id: &str) -> Result<Option<Finding>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let body: Option<String> = conn
+            .query_row("SELECT body FROM findings WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(match body {
+            Some(b) => Some(serde_json::from_str(&b)?),
+            None => None,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! The schema: numbered migrations recorded in `PRAGMA user_version`, applied in order at open.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Numbered migrations; the index + 1 is the schema version it brings.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: the first release.
+    "CREATE TABLE scopes (
+        scope_key TEXT PRIMARY KEY,
+        identity  TEXT NOT NULL
+     );
+     CREATE TABLE bindings (
+        watch TEXT NOT NULL, scope_key TEXT NOT NULL, instance TEXT NOT NULL, user TEXT NOT NULL,
+        tenant TEXT, first_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL,
+        last_start_ns INTEGER NOT NULL, last_end_ns INTEGER NOT NULL,
+        trace_id TEXT, span_id TEXT, signal TEXT NOT NULL, evidence_scope_key TEXT NOT NULL,
+        PRIMARY KEY (watch, scope_key, instance, user)
+     ) WITHOUT ROWID;
+     CREATE TABLE findings (
+        id TEXT PRIMARY KEY, type TEXT NOT NULL, watch TEXT NOT NULL, scope_key TEXT NOT NULL,
+        detected_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL, body TEXT NOT NULL
+     );
+     CREATE INDEX findings_by_detection ON findings (detected_ns);
+     CREATE TABLE file_offsets (
+        path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+        offset INTEGER NOT NULL, updated_ns INTEGER NOT NULL
+     );",
+    // 2: the durable alert outbox (one row per finding; Alertmanager dedups by labels).
+    "CREATE TABLE alert_outbox (
+        finding_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,            -- firing | resolved
+        due_ns INTEGER NOT NULL,        -- next send attempt
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_sent_ns INTEGER
+     );
+     CREATE INDEX alert_outbox_due ON alert_outbox (due_ns);",
+    // 3: observations acknowledged while still waiting for their trace's user.
+    "CREATE TABLE pending (
+        seq INTEGER PRIMARY KEY,
+        received_ns INTEGER NOT NULL,
+        body TEXT NOT NULL
+     );",
+];
+
+/// Bring the database to the newest schema; refuse one newer than this build understands.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The writer: one connection owned by the engine thread, committing each group of batches'
+//! [`Effects`] (and queuing their alerts) in one transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, params};
+
+use super::{FileCheckpoint, Outbox, StoreError, StoreReader, open_connection, schema};
+use crate::correlate::engine::Effects;
+
+/// The writer. Owned by the engine thread.
+pub struct Store {
+    pub(super) conn: Connection,
+    dir: PathBuf,
+    /// Queue an alert for every new or grown finding, in the same transaction.
+    alerting: bool,
+}
+
+impl Store {
+    /// Open (creating and migrating as needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut conn = open_connection(dir)?;
+        schema::migrate(&mut conn)?;
+        Ok(Store {
+            conn,
+            dir: dir.to_owned(),
+            alerting: false,
+        })
+    }
+
+    /// Queue alerts for findings from now on (Alertmanager push is configured).
+    pub fn with_alerting(mut self) -> Self {
+        self.alerting = true;
+        self
+    }
+
+    /// A reader on the same database, for the API.
+    pub fn reader(&self) -> Result<StoreReader, StoreError> {
+        Ok(StoreReader {
+            conn: Mutex::new(open_connection(&self.dir)?),
+        })
+    }
+
+    /// The alert outbox on its own connection, for the alert sender.
+    pub fn outbox(&self) -> Result<Outbox, StoreError> {
+        Ok(Outbox::new(open_connection(&self.dir)?))
+    }
+
+    /// Make one group of batches durable: their effects and file checkpoints, in one transaction.
+    pub fn commit(
+        &mut self,
+        fx: &Effects,
+        checkpoints: &[FileCheckpoint],
+        now_ns: u64,
+    ) -> Result<(), StoreError> {
+        if fx.is_empty() && fx.news.is_empty() && checkpoints.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut scope = tx.prepare_cached(
+                "INSERT OR IGNORE INTO scopes (scope_key, identity) VALUES (?1, ?2)",
+            )?;
+            for s in &fx.scopes {
+                scope.execute(params![s.scope_key, s.identity_json])?;
+            }
+            let mut binding = tx.prepare_cached(
+                "INSERT OR REPLACE INTO bindings (watch, scope_key, instance, user, tenant, first_ns,
+                    last_ns, last_start_ns, last_end_ns, trace_id, span_id, signal, evidence_scope_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for b in &fx.bindings {
+                binding.execute(params![
+                    b.watch,
+                    b.scope_key,
+                    b.instance,
+                    b.user,
+                    b.tenant,
+                    b.first_ns as i64,
+                    b.last_ns as i64,
+                    b.last_start_ns as i64,
+                    b.last_end_ns as i64,
+                    b.trace_id,
+                    b.span_id,
+                    b.signal,
+                    b.evidence_scope_key,
+                ])?;
+            }
+            let mut evict = tx.prepare_cached(
+                "DELETE FROM bindings WHERE watch = ?1 AND scope_key = ?2 AND instance = ?3",
+            )?;
+            for e in &fx.evicted {
+                evict.execute(params![e.watch, e.scope_key, e.instance])?;
+            }
+            let mut finding = tx.prepare_cached(
+                "INSERT OR REPLACE INTO findings (id, type, watch, scope_key, detected_ns, last_seen_ns, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for r in &fx.findings {
+                finding.execute(params![
+                    r.finding.id,
+                    r.finding.kind.as_str(),
+                    r.finding.watch,
+                    r.scope_key,
+                    r.detected_ns as i64,
+                    r.last_seen_ns as i64,
+                    serde_json::to_string(&r.finding)?,
+                ])?;
+            }
+            let mut offset = tx.prepare_cached(
+                "INSERT OR REPLACE INTO file_offsets (path, dev, ino, offset, updated_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for c in checkpoints {
+                offset.execute(params![
+                    c.path,
+                    c.dev as i64,
+                    c.ino as i64,
+                    c.offset as i64,
+                    now_ns as i64
+                ])?;
+            }
+            let mut park = tx.prepare_cached(
+                "INSERT OR REPLACE INTO pending (seq, received_ns, body) VALUES (?1, ?2, ?3)",
+            )?;
+            for p in &fx.parked {
+                park.execute(params![p.seq as i64, p.received_ns as i64, p.body])?;
+            }
+            let mut unpark = tx.prepare_cached("DELETE FROM pending WHERE seq = ?1")?;
+            for seq in &fx.unparked {
+                unpark.execute(params![*seq as i64])?;
+            }
+            if self.alerting {
+                // New or grown: send now. Merely used again: re-arm only if it had resolved.
+                let mut news = tx.prepare_cached(
+                    "INSERT INTO alert_outbox (finding_id, state, due_ns, attempts) VALUES (?1, 'firing', ?2, 0)
+                     ON CONFLICT (finding_id) DO UPDATE SET state = 'firing', due_ns = ?2, attempts = 0",
+                )?;
+                for n in &fx.news {
+                    news.execute(params![n.id, now_ns as i64])?;
+                }
+                let mut rearm = tx.prepare_cached(
+                    "UPDATE alert_outbox SET state = 'firing', due_ns = ?2, attempts = 0
+                     WHERE finding_id = ?1 AND state = 'resolved'",
+                )?;
+                for r in &fx.findings {
+                    rearm.execute(params![r.finding.id, now_ns as i64])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
