@@ -119,7 +119,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::app::pseudonymizer(&config) {
+            let p = &config.privacy;
+            let key = crate::privacy::Pseudonymizer::load_existing(
+                p.hmac_key.as_deref(),
+                p.hmac_key_file.as_deref(),
+                &config.storage_dir,
+            );
+            match key {
                 Ok(p) => {
                     println!("{}", p.pseudonym(&id));
                     ExitCode::from(EXIT_OK)

@@ -26,6 +26,12 @@ pub enum KeyError {
     },
     #[error("HMAC key in {0} is empty")]
     Empty(PathBuf),
+    #[error(
+        "no HMAC key at {0}: `user-hash` uses the running sidecar's key, and a new one would \
+         match no alert; pass the sidecar's --config (or CROSSTALK_STORAGE_DIR), or set \
+         [privacy] hmac_key / hmac_key_file"
+    )]
+    Missing(PathBuf),
     #[error("no random source for a new HMAC key: {0}")]
     Random(String),
 }
@@ -53,6 +59,26 @@ impl Pseudonymizer {
         key_file: Option<&Path>,
         storage_dir: &Path,
     ) -> Result<Self, KeyError> {
+        match Self::load_existing(inline, key_file, storage_dir) {
+            Err(KeyError::Missing(path)) => {
+                let mut raw = [0u8; 32];
+                getrandom::fill(&mut raw).map_err(|e| KeyError::Random(e.to_string()))?;
+                let key = hex::encode(raw);
+                write_private(&path, key.as_bytes())
+                    .map_err(|source| KeyError::Write { path, source })?;
+                Ok(Self::new(key.as_bytes()))
+            }
+            other => other,
+        }
+    }
+
+    /// The key a sidecar with this config uses, never a new one: for looking users up.
+    /// A generated key that is absent is [`KeyError::Missing`].
+    pub fn load_existing(
+        inline: Option<&str>,
+        key_file: Option<&Path>,
+        storage_dir: &Path,
+    ) -> Result<Self, KeyError> {
         if let Some(key) = inline {
             return Ok(Self::new(key.as_bytes()));
         }
@@ -68,12 +94,7 @@ impl Pseudonymizer {
                 Ok(Self::new(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && key_file.is_none() => {
-                let mut raw = [0u8; 32];
-                getrandom::fill(&mut raw).map_err(|e| KeyError::Random(e.to_string()))?;
-                let key = hex::encode(raw);
-                write_private(&path, key.as_bytes())
-                    .map_err(|source| KeyError::Write { path, source })?;
-                Ok(Self::new(key.as_bytes()))
+                Err(KeyError::Missing(path))
             }
             Err(source) => Err(KeyError::Read { path, source }),
         }

@@ -152,3 +152,52 @@ fn readme_shows_the_grpc_exporter_import_for_port_4317() {
         "next to port 4317"
     );
 }
+
+#[test]
+fn user_hash_without_the_sidecars_key_refuses_instead_of_inventing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, crate::util::config_text(dir.path(), "")).unwrap();
+    let out = Command::new(BIN)
+        .args(["user-hash", "--config"])
+        .arg(&config)
+        .arg("alice")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "printed a pseudonym matching no alert"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no HMAC key at") && err.contains("hmac.key"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data/hmac.key").exists(),
+        "a key was generated"
+    );
+
+    // Once the sidecar has run, its key is read, and the same pseudonym comes back every time.
+    let mut s = crate::util::Server::start_with_config(dir.path(), &config, &[]);
+    s.terminate();
+    let hash = || {
+        let out = Command::new(BIN)
+            .args(["user-hash", "--config"])
+            .arg(&config)
+            .arg("alice")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = hash();
+    assert!(first.starts_with("u_"), "{first}");
+    assert_eq!(first, hash());
+}
