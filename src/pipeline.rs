@@ -276,6 +276,11 @@ impl EngineWorker {
         }
         if result.is_ok() && !fx.news.is_empty() {
             for n in &fx.news {
+                // Receipt of the conflicting observation → committed, so readable by the API.
+                if let Some(received) = n.received {
+                    let delay = received.elapsed().as_secs_f64();
+                    self.metrics.detection_delay.observe(delay);
+                }
                 if let Some(f) = self.engine.finding(&n.id) {
                     tracing::warn!(
                         finding = %f.id, kind = f.kind.as_str(), watch = %f.watch,

@@ -174,7 +174,7 @@ impl Metrics {
         let detection_delay = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "crosstalk_detection_delay_seconds",
-            "Time from receiving the conflicting observation to raising the finding",
+            "Time from receiving the conflicting observation to the finding being committed (visible in the API)",
             detection_delay.clone(),
         );
         let evicted = Family::<EvictLabels, Counter>::default();

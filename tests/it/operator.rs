@@ -323,3 +323,39 @@ fn official_example_traces_and_logs_are_accepted_over_http() {
         assert_eq!(r.status, 200, "{file}: {}", r.text());
     }
 }
+
+#[test]
+fn detection_delay_runs_from_receipt_of_the_conflicting_span_to_the_committed_finding() {
+    let s = Server::start(&format!("[attribution]\nwait = \"5s\"\n{FACTORY_WATCH}"));
+    s.post_traces(&factory_use("alice", "f", 1));
+    // Bob's use of the factory arrives without a user and waits for its trace's root span.
+    let child = traces(
+        "agent-backend",
+        "pod-1",
+        vec![span(2, 2, &[("agent_factory.instance_id", "f")])],
+    );
+    assert_eq!(s.post_traces(&child).status, 200);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(s.findings().is_empty());
+    let root = traces(
+        "agent-backend",
+        "pod-1",
+        vec![span(2, 1, &[("user.id", "bob")])],
+    );
+    assert_eq!(s.post_traces(&root).status, 200);
+    let found = s.wait_for(Duration::from_secs(5), |s| {
+        (!s.findings().is_empty()).then_some(())
+    });
+    assert!(found.is_some(), "no finding");
+    let m = s.metrics();
+    assert_eq!(
+        metric_value(&m, "crosstalk_detection_delay_seconds_count"),
+        1.0,
+        "{m}"
+    );
+    let sum = metric_value(&m, "crosstalk_detection_delay_seconds_sum");
+    assert!(
+        (0.4..5.0).contains(&sum),
+        "delay {sum}s: the wait for bob's root span counts"
+    );
+}

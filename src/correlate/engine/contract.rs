@@ -63,6 +63,9 @@ pub struct FindingRecord {
 pub struct FindingNews {
     pub id: String,
     pub new: bool,
+    /// For a new finding: when the conflicting observation was received. The detection delay
+    /// is measured from it once the finding is committed (visible), not inside the engine.
+    pub received: Option<std::time::Instant>,
 }
 
 /// An observation acknowledged while still waiting for its trace's user.

@@ -122,7 +122,7 @@ impl Engine {
             evidence,
             last.unwrap_or(s.seed.time_ns),
         );
-        self.publish(record, s.obs.trace_id, s.received, s.now, fx)
+        self.publish(record, s.obs.trace_id, s.received, fx)
     }
 
     /// An instance already found is used again: extend the finding with any new user.
@@ -175,6 +175,7 @@ impl Engine {
             fx.news.push(FindingNews {
                 id: id.to_owned(),
                 new: false,
+                received: None,
             });
             if growth.users > 0 {
                 self.metrics
@@ -196,15 +197,15 @@ impl Engine {
         record: FindingRecord,
         trace: Option<TraceId>,
         received: Received,
-        now: Received,
         fx: &mut Effects,
     ) -> String {
         let id = record.finding.id.clone();
-        self.count_finding(&record.finding, trace, received, now);
+        self.count_finding(&record.finding, trace);
         fx.findings.push(record.clone());
         fx.news.push(FindingNews {
             id: id.clone(),
             new: true,
+            received: Some(received.at),
         });
         self.findings.insert(id.clone(), record);
         id
@@ -256,7 +257,7 @@ impl Engine {
             [evidence],
             obs.end_ns,
         );
-        let id = self.publish(record, obs.trace_id, received, now, fx);
+        let id = self.publish(record, obs.trace_id, received, fx);
         self.deliveries.insert(key, id);
     }
 
@@ -288,13 +289,7 @@ impl Engine {
         }
     }
 
-    fn count_finding(
-        &self,
-        f: &Finding,
-        trace: Option<TraceId>,
-        received: Received,
-        now: Received,
-    ) {
+    fn count_finding(&self, f: &Finding, trace: Option<TraceId>) {
         let exemplar = trace.map(|t| TraceExemplar {
             trace_id: t.to_string(),
         });
@@ -313,7 +308,5 @@ impl Engine {
                 service: f.service.clone(),
             })
             .inc_by(f.user_count);
-        let delay = now.at.saturating_duration_since(received.at);
-        self.metrics.detection_delay.observe(delay.as_secs_f64());
     }
 }

@@ -147,7 +147,7 @@ impl Engine {
         let mut record = FindingRecord::new(subject, first, now.wall_ns);
         record.absorb(users, tenants, evidence, last_ns);
         let trace = rc.check.trace_id.as_deref().and_then(TraceId::from_hex);
-        let id = self.publish(record, trace, received, now, fx);
+        let id = self.publish(record, trace, received, fx);
         let key = InstanceKey {
             watch,
             scope: 0,
