@@ -83,6 +83,7 @@ fn commit_news(store: &mut Store, findings: Vec<FindingRecord>, now_ns: u64) {
             .map(|r| FindingNews {
                 id: r.finding.id.clone(),
                 new: true,
+                received: None,
             })
             .collect(),
         findings,
