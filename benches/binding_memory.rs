@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use crosstalk::config::Config;
 use crosstalk::correlate::{Effects, Engine, Received};
 use crosstalk::normalize::{Observation, Resource, Signal, WatchedId};
-use crosstalk::sinks::metrics::Metrics;
+use crosstalk::telemetry::metrics::Metrics;
 
 /// Counts live heap bytes. Unsafe only because `GlobalAlloc` is an unsafe trait; every call is
 /// forwarded unchanged to the system allocator, so its contract holds by delegation.

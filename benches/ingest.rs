@@ -18,7 +18,7 @@ use crosstalk::correlate::{Effects, Engine, Received};
 use crosstalk::normalize::otlp::observe_traces;
 use crosstalk::normalize::otlp_fast::observe_traces_protobuf;
 use crosstalk::normalize::{Extractor, Tally};
-use crosstalk::sinks::metrics::Metrics;
+use crosstalk::telemetry::metrics::Metrics;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 

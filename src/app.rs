@@ -18,12 +18,12 @@ use crate::normalize::Extractor;
 use crate::pipeline::{self, EngineControl};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::alertmanager::AlertSender;
-use crate::sinks::metrics::Metrics;
 use crate::sources::IngestContext;
 use crate::sources::events_file::Tailer;
 use crate::sources::otlp_grpc::{self, OtlpGrpc};
 use crate::sources::otlp_http::OtlpHttp;
 use crate::store::{Store, StoreError, StoreReader};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::Tls;
 
 /// Why crosstalk could not start.

@@ -29,7 +29,7 @@ use crate::correlate::Received;
 use crate::correlate::engine::{ClusterCheck, RemoteConflict, RemoteUse};
 use crate::correlate::finding::Evidence;
 use crate::pipeline::{Batch, IngestHandle, Refused};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
 

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::correlate::{Effects, Engine, Finding, Received};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Extractor, Tally, otlp};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// How findings are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

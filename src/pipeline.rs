@@ -19,8 +19,9 @@ use tokio::sync::oneshot;
 use crate::correlate::engine::{ClusterCheck, RemoteConflict};
 use crate::correlate::{Effects, Engine, Received};
 use crate::normalize::Observation;
-use crate::sinks::metrics::{Metrics, QueueLabels};
 use crate::store::{FileCheckpoint, Store};
+use crate::telemetry::events::{ItemsReceived, StoreCommitFailed};
+use crate::telemetry::metrics::{Metrics, QueueLabels};
 
 /// Batches taken per group commit at most, so one commit cannot grow without bound.
 const MAX_GROUP: usize = 256;
@@ -255,14 +256,17 @@ impl EngineWorker {
             .store
             .commit(&fx, &checkpoints, now.wall_ns)
             .map_err(|e| {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "store commit failed; producers are told to retry");
+                StoreCommitFailed { error: &e }.emit(&self.metrics);
                 e.to_string()
             });
         for batch in group.drain(..) {
             if result.is_ok() {
-                self.metrics
-                    .receive(batch.signal, batch.transport, batch.items);
+                ItemsReceived {
+                    signal: batch.signal,
+                    transport: batch.transport,
+                    n: batch.items,
+                }
+                .emit(&self.metrics);
             }
             if let Some(ack) = batch.ack {
                 // A producer that gave up waiting is no error of ours.

@@ -12,8 +12,9 @@ use serde_json::json;
 use crate::correlate::FindingKind;
 use crate::correlate::finding::{now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
-use crate::sinks::metrics::Metrics;
 use crate::store::{Cursor, FindingFilter, StoreReader};
+use crate::telemetry::events::AdminBadRequest;
+use crate::telemetry::metrics::Metrics;
 
 /// Findings a list returns unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -32,14 +33,20 @@ pub struct Admin {
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            self.metrics.admin_bad_request("method_not_allowed");
+            AdminBadRequest {
+                reason: "method_not_allowed",
+            }
+            .emit(&self.metrics);
             return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
         }
         let path = request.uri().path().to_owned();
         let open = matches!(path.as_str(), "/live" | "/ready");
         if let Some(token) = self.token.as_ref().filter(|_| !open) {
             if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
-                self.metrics.admin_bad_request("unauthorized");
+                AdminBadRequest {
+                    reason: "unauthorized",
+                }
+                .emit(&self.metrics);
                 let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -61,7 +68,10 @@ impl Handler for Admin {
                 self.one(id).await
             }
             _ => {
-                self.metrics.admin_bad_request("not_found");
+                AdminBadRequest {
+                    reason: "not_found",
+                }
+                .emit(&self.metrics);
                 json_error(StatusCode::NOT_FOUND, format!("no such path `{path}`"))
             }
         }
@@ -94,7 +104,10 @@ impl Admin {
         let filter = match parse_filter(request.uri().query().unwrap_or("")) {
             Ok(f) => f,
             Err(msg) => {
-                self.metrics.admin_bad_request("bad_query");
+                AdminBadRequest {
+                    reason: "bad_query",
+                }
+                .emit(&self.metrics);
                 return json_error(StatusCode::BAD_REQUEST, msg);
             }
         };

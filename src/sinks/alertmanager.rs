@@ -22,7 +22,7 @@ use crate::config::{Alertmanager, UserIds};
 use crate::correlate::finding::{now_ns, rfc3339};
 use crate::correlate::{Finding, FindingKind};
 use crate::privacy::Pseudonymizer;
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use crate::store::{AlertState, DueAlert, Outbox, Settled};
 
 const POLL: Duration = Duration::from_millis(250);

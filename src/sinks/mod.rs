@@ -1,4 +1,3 @@
-//! Sinks: where findings and self-telemetry leave crosstalk.
+//! Sinks: where findings leave crosstalk (self-telemetry lives in `telemetry/`).
 
 pub mod alertmanager;
-pub mod metrics;

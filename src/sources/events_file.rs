@@ -20,8 +20,9 @@ use crate::correlate::Received;
 use crate::normalize::Extractor;
 use crate::normalize::events::observe_event_line;
 use crate::pipeline::{Batch, IngestHandle};
-use crate::sinks::metrics::Metrics;
 use crate::store::FileCheckpoint;
+use crate::telemetry::events::Rejected;
+use crate::telemetry::metrics::Metrics;
 
 const SOURCE: &str = "events_file";
 const READ_CHUNK: usize = 64 * 1024;
@@ -192,10 +193,20 @@ impl Tailer {
                     accepted += 1;
                     observations.push(obs);
                 }
-                Err(r) => self.metrics.reject(SOURCE, r.reason.as_str(), 1),
+                Err(r) => Rejected {
+                    source: SOURCE,
+                    reason: r.reason.as_str(),
+                    n: 1,
+                }
+                .emit(&self.metrics),
             }
         }
-        self.metrics.reject(SOURCE, "line_too_long", too_long);
+        Rejected {
+            source: SOURCE,
+            reason: "line_too_long",
+            n: too_long,
+        }
+        .emit(&self.metrics);
         if consumed > 0 {
             let checkpoint = FileCheckpoint {
                 path: self.path.to_string_lossy().into_owned(),

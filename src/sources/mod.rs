@@ -20,7 +20,8 @@ use crate::config::Limits;
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally};
 use crate::pipeline::{Batch, IngestHandle, Refused};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::events::Rejected;
+use crate::telemetry::metrics::Metrics;
 
 /// What every network source shares.
 pub struct IngestContext {
@@ -47,7 +48,12 @@ impl IngestContext {
     /// Count a payload's per-item rejections under `source`.
     pub fn count_rejections(&self, source: &str, tally: &Tally) {
         for (reason, n) in &tally.rejected {
-            self.metrics.reject(source, reason.as_str(), *n);
+            Rejected {
+                source,
+                reason: reason.as_str(),
+                n: *n,
+            }
+            .emit(&self.metrics);
         }
     }
 

@@ -37,6 +37,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::normalize::{Tally, otlp};
+use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_grpc";
 
@@ -57,7 +58,12 @@ impl OtlpGrpc {
             SubmitError::Stopped => "shutting_down",
             SubmitError::Store(_) => "store_error",
         };
-        self.ctx.metrics.reject(SOURCE, reason, 1);
+        Rejected {
+            source: SOURCE,
+            reason,
+            n: 1,
+        }
+        .emit(&self.ctx.metrics);
         Status::with_error_details(
             Code::Unavailable,
             e.to_string(),
@@ -101,7 +107,11 @@ impl MetricsService for OtlpGrpc {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let points = otlp::metric_points(request.get_ref());
-        self.ctx.metrics.discard("metrics", points);
+        Discarded {
+            signal: "metrics",
+            n: points,
+        }
+        .emit(&self.ctx.metrics);
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -155,7 +165,12 @@ pub async fn serve(
         if token.accepts(header.as_ref()) {
             Ok(request)
         } else {
-            metrics.reject(SOURCE, "unauthorized", 1);
+            Rejected {
+                source: SOURCE,
+                reason: "unauthorized",
+                n: 1,
+            }
+            .emit(&metrics);
             Err(Status::unauthenticated("missing or wrong bearer token"))
         }
     };

@@ -29,6 +29,7 @@ use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, json as json_response, media_type, respond};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Observation, Tally, events::observe_event_line, otlp, otlp_fast};
+use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_http";
 const EVENTS_SOURCE: &str = "events_http";
@@ -172,7 +173,11 @@ impl OtlpHttp {
         match decode::<ExportMetricsServiceRequest>(encoding, &body) {
             Ok(request) => {
                 let points = otlp::metric_points(&request);
-                self.ctx.metrics.discard("metrics", points);
+                Discarded {
+                    signal: "metrics",
+                    n: points,
+                }
+                .emit(&self.ctx.metrics);
                 encode(encoding, &ExportMetricsServiceResponse::default())
             }
             Err(msg) => self.status_error(encoding, StatusCode::BAD_REQUEST, "decode_error", &msg),
@@ -211,9 +216,12 @@ impl OtlpHttp {
             | "text/plain" => false,
             JSON => true,
             other => {
-                self.ctx
-                    .metrics
-                    .reject(EVENTS_SOURCE, "unsupported_media_type", 1);
+                Rejected {
+                    source: EVENTS_SOURCE,
+                    reason: "unsupported_media_type",
+                    n: 1,
+                }
+                .emit(&self.ctx.metrics);
                 return json_response(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     &json!({"error": format!("unsupported content type `{other}`: use application/x-ndjson or application/json")}),
@@ -230,7 +238,12 @@ impl OtlpHttp {
         {
             Ok(b) => b,
             Err(e) => {
-                self.ctx.metrics.reject(EVENTS_SOURCE, e.reason(), 1);
+                Rejected {
+                    source: EVENTS_SOURCE,
+                    reason: e.reason(),
+                    n: 1,
+                }
+                .emit(&self.ctx.metrics);
                 return json_response(e.status(), &json!({"error": e.to_string()}));
             }
         };
@@ -255,14 +268,24 @@ impl OtlpHttp {
                 Ok(serde_json::Value::Array(values)) => values,
                 Ok(single @ serde_json::Value::Object(_)) => vec![single],
                 Ok(_) => {
-                    self.ctx.metrics.reject(EVENTS_SOURCE, "decode_error", 1);
+                    Rejected {
+                        source: EVENTS_SOURCE,
+                        reason: "decode_error",
+                        n: 1,
+                    }
+                    .emit(&self.ctx.metrics);
                     return json_response(
                         StatusCode::BAD_REQUEST,
                         &json!({"error": "expected a JSON array of event objects"}),
                     );
                 }
                 Err(e) => {
-                    self.ctx.metrics.reject(EVENTS_SOURCE, "decode_error", 1);
+                    Rejected {
+                        source: EVENTS_SOURCE,
+                        reason: "decode_error",
+                        n: 1,
+                    }
+                    .emit(&self.ctx.metrics);
                     return json_response(
                         StatusCode::BAD_REQUEST,
                         &json!({"error": format!("invalid JSON: {e}")}),
@@ -310,7 +333,12 @@ impl OtlpHttp {
             .submit_and_wait(observations, received, "events", "http", accepted)
             .await
         {
-            self.ctx.metrics.reject(EVENTS_SOURCE, submit_reason(&e), 1);
+            Rejected {
+                source: EVENTS_SOURCE,
+                reason: submit_reason(&e),
+                n: 1,
+            }
+            .emit(&self.ctx.metrics);
             let mut r = json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"error": e.to_string()}),
@@ -332,7 +360,12 @@ impl OtlpHttp {
     }
 
     fn plain_error(&self, status: StatusCode, reason: &str, message: &str) -> HttpResponse {
-        self.ctx.metrics.reject(SOURCE, reason, 1);
+        Rejected {
+            source: SOURCE,
+            reason,
+            n: 1,
+        }
+        .emit(&self.ctx.metrics);
         self.status_error_uncounted(Encoding::Json, status, message)
     }
 
@@ -343,7 +376,12 @@ impl OtlpHttp {
         reason: &str,
         message: &str,
     ) -> HttpResponse {
-        self.ctx.metrics.reject(SOURCE, reason, 1);
+        Rejected {
+            source: SOURCE,
+            reason,
+            n: 1,
+        }
+        .emit(&self.ctx.metrics);
         self.status_error_uncounted(encoding, status, message)
     }
 

@@ -10,7 +10,7 @@ use crate::correlate::engine::tests::growth::{remote_use, verdict};
 use crate::correlate::engine::{Effects, FindingNews, FindingRecord, PendingRow};
 use crate::correlate::finding::Subject;
 use crate::correlate::{Engine, FindingKind, Received};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 #[test]
 fn migrates_once_and_reopens() {

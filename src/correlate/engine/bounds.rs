@@ -3,7 +3,7 @@
 
 use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey};
 use crate::correlate::finding::FindingKind;
-use crate::sinks::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
+use crate::telemetry::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
 
 impl Engine {
     pub(super) fn update_tracked_gauges(&self) {

@@ -11,7 +11,7 @@ use crate::correlate::finding::{
     Evidence, Finding, FindingKind, Growth, MAX_EVIDENCE, Subject, rfc3339,
 };
 use crate::normalize::{Observation, TraceId};
-use crate::sinks::metrics::{FindingLabels, TraceExemplar, WatchServiceLabels};
+use crate::telemetry::metrics::{FindingLabels, TraceExemplar, WatchServiceLabels};
 
 impl FindingRecord {
     /// A finding about `subject` with no users yet, first seen at `first_seen_ns`.

@@ -16,7 +16,7 @@ use super::finding::Finding;
 use crate::config::{Boundary, Config, Scope, Watch};
 use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
-use crate::sinks::metrics::{Metrics, WatchLabels};
+use crate::telemetry::metrics::{Metrics, WatchLabels};
 use observe::Sighting;
 
 /// The pseudo-watch under which misdelivered events are reported.

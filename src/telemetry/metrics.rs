@@ -291,53 +291,6 @@ impl Metrics {
         }
     }
 
-    /// Registry for families that other modules own (alerting, cluster).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// Count one rejected request or item.
-    pub fn reject(&self, source: &str, reason: &str, n: u64) {
-        if n > 0 {
-            self.rejected
-                .get_or_create(&RejectLabels {
-                    source: source.to_owned(),
-                    reason: reason.to_owned(),
-                })
-                .inc_by(n);
-        }
-    }
-
-    /// Count one refused admin API request.
-    pub fn admin_bad_request(&self, reason: &str) {
-        self.admin_bad_requests
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Count items accepted and dropped unread.
-    pub fn discard(&self, signal: &str, n: u64) {
-        self.discarded
-            .get_or_create(&DiscardLabels {
-                signal: signal.to_owned(),
-            })
-            .inc_by(n);
-    }
-
-    /// Count accepted items.
-    pub fn receive(&self, signal: &str, transport: &str, n: u64) {
-        if n > 0 {
-            self.received
-                .get_or_create(&SignalLabels {
-                    signal: signal.to_owned(),
-                    transport: transport.to_owned(),
-                })
-                .inc_by(n);
-        }
-    }
-
     /// OpenMetrics text, exemplars included.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();

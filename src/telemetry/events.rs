@@ -1,0 +1,138 @@
+//! Named internal events, vector-style: each struct says what happened, and its one `emit()`
+//! writes the log line and bumps the counter together, so the two never drift apart.
+//!
+//! Per-item events (rejections, receipts) log at `debug`: a hostile or broken client can send
+//! millions, and the counter is what an operator alerts on. Labels stay low-cardinality: sources,
+//! reasons and signals are fixed names, never ids.
+
+use super::metrics::{DiscardLabels, Metrics, ReasonLabels, RejectLabels, SignalLabels};
+
+/// Requests or items refused at an edge; `crosstalk_rejected_total{source, reason}`.
+pub struct Rejected<'a> {
+    pub source: &'a str,
+    pub reason: &'a str,
+    pub n: u64,
+}
+
+impl Rejected<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        if self.n == 0 {
+            return;
+        }
+        tracing::debug!(
+            source = self.source,
+            reason = self.reason,
+            n = self.n,
+            "rejected"
+        );
+        metrics
+            .rejected
+            .get_or_create(&RejectLabels {
+                source: self.source.to_owned(),
+                reason: self.reason.to_owned(),
+            })
+            .inc_by(self.n);
+    }
+}
+
+/// An admin API request refused; `crosstalk_admin_bad_requests_total{reason}` (kept apart from
+/// `rejected`, which alerts read as "telemetry is being lost").
+pub struct AdminBadRequest<'a> {
+    pub reason: &'a str,
+}
+
+impl AdminBadRequest<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(reason = self.reason, "admin request refused");
+        metrics
+            .admin_bad_requests
+            .get_or_create(&ReasonLabels {
+                reason: self.reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Items accepted and dropped unread (signals crosstalk does not read);
+/// `crosstalk_discarded_total{signal}`.
+pub struct Discarded<'a> {
+    pub signal: &'a str,
+    pub n: u64,
+}
+
+impl Discarded<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(signal = self.signal, n = self.n, "discarded unread");
+        metrics
+            .discarded
+            .get_or_create(&DiscardLabels {
+                signal: self.signal.to_owned(),
+            })
+            .inc_by(self.n);
+    }
+}
+
+/// Items made durable; `crosstalk_received_total{signal, transport}`.
+pub struct ItemsReceived<'a> {
+    pub signal: &'a str,
+    pub transport: &'a str,
+    pub n: u64,
+}
+
+impl ItemsReceived<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        if self.n == 0 {
+            return;
+        }
+        metrics
+            .received
+            .get_or_create(&SignalLabels {
+                signal: self.signal.to_owned(),
+                transport: self.transport.to_owned(),
+            })
+            .inc_by(self.n);
+    }
+}
+
+/// A commit to the embedded store failed; producers are told to retry.
+/// `crosstalk_store_errors_total`.
+pub struct StoreCommitFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl StoreCommitFailed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::error!(error = %self.error, "store commit failed; producers are told to retry");
+        metrics.store_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_counts_by_source_and_reason_and_ignores_zero() {
+        let m = Metrics::new();
+        Rejected {
+            source: "otlp_http",
+            reason: "decode_error",
+            n: 2,
+        }
+        .emit(&m);
+        Rejected {
+            source: "otlp_http",
+            reason: "queue_full",
+            n: 0,
+        }
+        .emit(&m);
+        let text = m.encode_prometheus_text();
+        assert!(
+            text.contains(
+                "crosstalk_rejected_total{source=\"otlp_http\",reason=\"decode_error\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("queue_full"), "{text}");
+    }
+}

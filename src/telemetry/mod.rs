@@ -1,0 +1,12 @@
+//! crosstalk's own telemetry: its logs ([`init`]), its Prometheus families ([`metrics`]) and the
+//! named internal events ([`events`]) whose one `emit()` both logs and counts.
+//!
+//! Every other layer (sources, pipeline, correlate, sinks, cluster, api) reports through here;
+//! this folder imports none of them.
+
+pub mod events;
+mod logging;
+pub mod metrics;
+
+pub use logging::init;
+pub use metrics::Metrics;
