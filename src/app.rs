@@ -109,19 +109,21 @@ impl App {
         engine.restore(restored);
         tracing::info!(instances = engine.tracked_instances(), "state restored");
         let mut cluster = None;
-        let mut cluster_sink: Option<pipeline::ClusterSink> = None;
+        let mut cluster_link: Option<pipeline::ClusterLink> = None;
         if let Some(c) = &config.cluster {
             engine = engine.with_cluster();
             let (tx, rx) = tokio::sync::mpsc::channel(c.max_pending);
             let dropped = metrics.cluster_dropped.clone();
             // Full-policy: drop and count; the coordinator's own queue is the bounded buffer.
-            cluster_sink = Some(Box::new(move |checks| {
+            let checks: pipeline::ClusterSink = Box::new(move |checks| {
                 for check in checks {
                     if tx.try_send(check).is_err() {
                         dropped.inc();
                     }
                 }
-            }));
+            });
+            let (verdict_tx, verdicts) = tokio::sync::mpsc::channel(pipeline::VERDICT_CAPACITY);
+            cluster_link = Some(pipeline::ClusterLink { checks, verdicts });
             let node_id = crate::cluster::node_id(&config.storage_dir).map_err(|source| {
                 StartError::Bind {
                     name: "cluster",
@@ -129,14 +131,15 @@ impl App {
                     source,
                 }
             })?;
-            cluster = Some((c.clone(), rx, node_id, engine.cluster_resync()));
+            let initial = engine.cluster_resync();
+            cluster = Some((c.clone(), rx, verdict_tx, node_id, initial));
         }
         let (ingest, engine) = pipeline::spawn(
             engine,
             store,
             config.limits.queue_capacity,
             metrics.clone(),
-            cluster_sink,
+            cluster_link,
         );
 
         let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;
@@ -215,12 +218,12 @@ impl App {
             servers.spawn(sender.run(shutdown.clone()));
         }
 
-        if let Some((config, checks, node_id, initial)) = cluster {
+        if let Some((config, checks, verdicts, node_id, initial)) = cluster {
             let coordinator = crate::cluster::Coordinator {
                 config,
                 node_id,
                 checks,
-                ingest: ingest.clone(),
+                verdicts,
                 initial,
                 metrics: metrics.clone(),
             };

@@ -7,12 +7,14 @@
 //!
 //! Redis down: process-scoped detection is untouched; global checks wait in a bounded queue
 //! (overflow counted) and `crosstalk_cluster_up` reads 0. A heartbeat notices outages and
-//! restarts; on reconnect every global binding this sidecar knows is published again first,
-//! so a Redis that lost its data (restart without persistence) still sees both sides.
+//! restarts; on reconnect every global binding this sidecar published within its watch's
+//! retention (at most [`MAX_KNOWN`]) is published again first, so a Redis that lost its data
+//! (restart without persistence) still sees both sides. Verdicts this sidecar owns go to the
+//! engine thread as their own message ([`crate::pipeline::Verdict`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,10 +30,12 @@ use crate::config::Cluster;
 use crate::correlate::Received;
 use crate::correlate::engine::{ClusterCheck, RemoteConflict, RemoteUse};
 use crate::correlate::finding::Evidence;
-use crate::pipeline::{Batch, IngestHandle, Refused};
-use crate::telemetry::metrics::Metrics;
+use crate::pipeline::Verdict;
+use crate::telemetry::metrics::{EvictLabels, Metrics};
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Published pairs remembered for replay at most; past it the least recently published go.
+const MAX_KNOWN: usize = 100_000;
 
 /// Records the user, judges the policy, claims the finding. Times travel as decimal strings:
 /// Lua numbers are doubles and cjson prints 14 digits, which would blur nanoseconds.
@@ -81,7 +85,7 @@ return cjson.encode({verdict = 'conflict', owner = owner, users = entries})
 "#;
 
 #[derive(Deserialize)]
-struct Verdict {
+struct Answer {
     verdict: String,
     #[serde(default)]
     owner: String,
@@ -161,7 +165,8 @@ pub struct Coordinator {
     /// Stable across restarts, so that a sidecar recognises its own claims.
     pub node_id: String,
     pub checks: mpsc::Receiver<ClusterCheck>,
-    pub ingest: IngestHandle,
+    /// Verdicts this sidecar owns, to the engine thread (see [`crate::pipeline::Verdict`]).
+    pub verdicts: mpsc::Sender<Verdict>,
     /// Bindings known at start-up (restored from the store), published on first connect.
     pub initial: Vec<ClusterCheck>,
     pub metrics: Arc<Metrics>,
@@ -190,8 +195,7 @@ impl Coordinator {
         let script = Script::new(SCRIPT);
         let mut conn: Option<Conn> = None;
         let mut pending: VecDeque<ClusterCheck> = std::mem::take(&mut self.initial).into();
-        // Every pair published, to publish again after an outage (Redis may have lost it).
-        let mut known: HashMap<(String, String, String), ClusterCheck> = HashMap::new();
+        let mut known = Known::new(MAX_KNOWN);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
@@ -219,7 +223,7 @@ impl Coordinator {
                         conn = Some(c);
                         m.up.set(1);
                         // Publish everything again first: Redis may have restarted empty.
-                        let again: Vec<ClusterCheck> = known.values().cloned().collect();
+                        let again = known.replay(Instant::now());
                         for c in again.into_iter().rev() {
                             pending.push_front(c);
                         }
@@ -238,14 +242,7 @@ impl Coordinator {
                 match self.judge(&script, c, &check).await {
                     Ok(verdict) => {
                         m.round_trips.inc();
-                        known.insert(
-                            (
-                                check.watch.clone(),
-                                check.instance.clone(),
-                                check.user.clone(),
-                            ),
-                            check.clone(),
-                        );
+                        known.insert(check.clone(), Instant::now(), &self.metrics);
                         if let Some(rc) = verdict {
                             self.deliver(rc).await;
                         }
@@ -293,7 +290,7 @@ impl Coordinator {
             .arg(check.retention_ms.max(1))
             .arg(&self.node_id);
         let answer = conn.invoke(&call).await?;
-        let verdict: Verdict = match serde_json::from_str(&answer) {
+        let verdict: Answer = match serde_json::from_str(&answer) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable verdict from Redis");
@@ -322,29 +319,84 @@ impl Coordinator {
         }))
     }
 
-    /// Hand a verdict to the engine; a full queue is waited out (verdicts are rare).
-    async fn deliver(&self, rc: RemoteConflict) {
-        let mut rc = Some(rc);
-        loop {
-            let batch = Batch {
-                observations: Vec::new(),
-                received: Received::now(),
-                signal: "cluster",
-                transport: "redis",
-                items: 0,
-                checkpoint: None,
-                remote: rc.take().into_iter().collect(),
-                ack: None,
-            };
-            let kept = batch.remote.clone();
-            match self.ingest.try_submit(batch) {
-                Ok(()) | Err(Refused::Stopped) => return,
-                Err(Refused::Full) => {
-                    rc = kept.into_iter().next();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+    /// Hand a verdict to the engine, waiting for room (the path's full-policy); an engine
+    /// that has stopped takes no more.
+    async fn deliver(&self, conflict: RemoteConflict) {
+        let verdict = Verdict {
+            conflict,
+            received: Received::now(),
+        };
+        let _ = self.verdicts.send(verdict).await;
+    }
+}
+
+/// Every pair this sidecar published, to publish again after an outage (Redis may have lost
+/// it). Bounded: a pair goes once its watch's retention has passed since it was published
+/// (Redis has expired it by then too), and past `cap` pairs the least recently published go,
+/// counted in `crosstalk_evicted_total{reason="cluster_replay"}`.
+struct Known {
+    cap: usize,
+    pairs: HashMap<(String, String, String), (ClusterCheck, Instant)>,
+}
+
+impl Known {
+    fn new(cap: usize) -> Self {
+        Known {
+            cap: cap.max(1),
+            pairs: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, check: ClusterCheck, now: Instant, metrics: &Metrics) {
+        let key = (
+            check.watch.clone(),
+            check.instance.clone(),
+            check.user.clone(),
+        );
+        if self.pairs.len() >= self.cap && !self.pairs.contains_key(&key) {
+            self.expire(now);
+        }
+        if self.pairs.len() >= self.cap && !self.pairs.contains_key(&key) {
+            // A tenth at once, so the scan is paid once per many inserts.
+            let n = (self.cap / 10).max(1);
+            let mut ages: Vec<(Instant, (String, String, String))> = self
+                .pairs
+                .iter()
+                .map(|(k, (_, t))| (*t, k.clone()))
+                .collect();
+            ages.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+            for (_, k) in ages.into_iter().take(n) {
+                self.pairs.remove(&k);
+                metrics
+                    .evicted
+                    .get_or_create(&EvictLabels {
+                        watch: k.0,
+                        reason: "cluster_replay".into(),
+                    })
+                    .inc();
             }
         }
+        self.pairs.insert(key, (check, now));
+    }
+
+    /// Drop pairs whose retention has passed since they were published.
+    fn expire(&mut self, now: Instant) {
+        self.pairs.retain(|_, (c, at)| {
+            now.saturating_duration_since(*at) <= Duration::from_millis(c.retention_ms)
+        });
+    }
+
+    /// The pairs still worth publishing again, oldest first.
+    fn replay(&mut self, now: Instant) -> Vec<ClusterCheck> {
+        self.expire(now);
+        let mut all: Vec<&(ClusterCheck, Instant)> = self.pairs.values().collect();
+        all.sort_by_key(|(_, at)| *at);
+        all.into_iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.pairs.len()
     }
 }
 
@@ -361,5 +413,55 @@ pub fn node_id(storage_dir: &std::path::Path) -> std::io::Result<String> {
             std::fs::write(&path, &id)?;
             Ok(id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::engine::tests::growth::{remote_use, verdict};
+
+    fn check(instance: &str, user: &str, retention_ms: u64) -> ClusterCheck {
+        let mut check = verdict(vec![remote_use(user, "acme", 1, 2)]).check;
+        check.instance = instance.into();
+        check.retention_ms = retention_ms;
+        check
+    }
+
+    #[test]
+    fn replay_set_forgets_pairs_past_their_retention() {
+        let metrics = Metrics::new();
+        let mut known = Known::new(MAX_KNOWN);
+        let t0 = Instant::now();
+        known.insert(check("a", "alice", 1_000), t0, &metrics);
+        known.insert(check("b", "bob", 60_000), t0, &metrics);
+        let later = t0 + Duration::from_secs(2);
+        let replay = known.replay(later);
+        assert_eq!(replay.len(), 1, "Redis has expired the first pair too");
+        assert_eq!(replay[0].instance, "b");
+        assert_eq!(known.len(), 1);
+    }
+
+    #[test]
+    fn replay_set_is_capped_and_counts_what_it_drops() {
+        let metrics = Metrics::new();
+        let mut known = Known::new(10);
+        let t0 = Instant::now();
+        for i in 0..25u64 {
+            let at = t0 + Duration::from_millis(i);
+            known.insert(check(&format!("i{i}"), "alice", 3_600_000), at, &metrics);
+        }
+        assert!(known.len() <= 10);
+        let replay = known.replay(t0 + Duration::from_millis(30));
+        assert_eq!(
+            replay.last().map(|c| c.instance.as_str()),
+            Some("i24"),
+            "the most recently published are kept"
+        );
+        let text = metrics.encode_prometheus_text();
+        assert!(
+            text.contains(r#"crosstalk_evicted_total{watch="w",reason="cluster_replay"} 15"#),
+            "{text}"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! and answer 503 / `UNAVAILABLE` when it is full; tailers use [`IngestHandle::submit`], which
 //! waits (the tail pauses). The engine thread takes every batch waiting, applies them, commits
 //! their effects and file checkpoints in one transaction (group commit), and only then
-//! acknowledges each producer. Nothing acknowledged is ever lost to a crash.
+//! acknowledges each producer. Nothing acknowledged is ever lost to a crash. Cluster verdicts
+//! reach the engine on a path of their own ([`Verdict`], [`VERDICT_CAPACITY`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +41,6 @@ pub struct Batch {
     pub transport: &'static str,
     pub items: u64,
     pub checkpoint: Option<FileCheckpoint>,
-    /// Verdicts from Redis that this sidecar owns (cluster coordination).
-    pub remote: Vec<RemoteConflict>,
     pub ack: Option<oneshot::Sender<Ack>>,
 }
 
@@ -115,6 +114,27 @@ impl IngestHandle {
 /// Receives the new global bindings each commit made, for Redis to judge.
 pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 
+/// Room for cluster verdicts on their way to the engine thread. Full-policy: the coordinator
+/// waits for room (verdicts are rare, each one is a finding, and the checks behind it wait in
+/// the coordinator's own bounded, counted queue). The engine takes every verdict waiting each
+/// time round its loop (at least every [`TICK`]).
+pub const VERDICT_CAPACITY: usize = 64;
+
+/// A conflict Redis found on a global watch that this sidecar owns: its own message to the
+/// engine thread, apart from the ingest queue.
+#[derive(Debug)]
+pub struct Verdict {
+    pub conflict: RemoteConflict,
+    pub received: Received,
+}
+
+/// The engine's two ends of cluster coordination.
+pub struct ClusterLink {
+    /// New global bindings, after each commit.
+    pub checks: ClusterSink,
+    pub verdicts: tokio::sync::mpsc::Receiver<Verdict>,
+}
+
 /// Stops the engine thread: it takes what is queued, settles what is pending, commits, and
 /// hands the engine back (for `crosstalk check`/`run` to read).
 pub struct EngineControl {
@@ -146,7 +166,7 @@ pub fn spawn(
     store: Store,
     capacity: usize,
     metrics: Arc<Metrics>,
-    cluster: Option<ClusterSink>,
+    cluster: Option<ClusterLink>,
 ) -> (IngestHandle, EngineControl) {
     let (tx, rx) = sync_channel(capacity);
     let label = QueueLabels {
@@ -192,7 +212,7 @@ struct EngineWorker {
     store: Store,
     metrics: Arc<Metrics>,
     popped: Counter,
-    cluster: Option<ClusterSink>,
+    cluster: Option<ClusterLink>,
     stop: Arc<AtomicBool>,
     settle_on_stop: Arc<AtomicBool>,
 }
@@ -237,13 +257,16 @@ impl EngineWorker {
         for batch in group.iter_mut() {
             let observations = std::mem::take(&mut batch.observations);
             self.engine.ingest(observations, batch.received, &mut fx);
-            for rc in std::mem::take(&mut batch.remote) {
-                self.engine
-                    .remote_conflict(rc, batch.received, Received::now(), &mut fx);
-            }
             if let Some(c) = batch.checkpoint.take() {
                 checkpoints.retain(|x: &FileCheckpoint| x.path != c.path);
                 checkpoints.push(c);
+            }
+        }
+        if let Some(link) = self.cluster.as_mut() {
+            while let Ok(v) = link.verdicts.try_recv() {
+                let now = Received::now();
+                self.engine
+                    .remote_conflict(v.conflict, v.received, now, &mut fx);
             }
         }
         let now = Received::now();
@@ -274,8 +297,8 @@ impl EngineWorker {
             }
         }
         if result.is_ok() && !fx.cluster.is_empty() {
-            if let Some(cluster) = self.cluster.as_mut() {
-                cluster(std::mem::take(&mut fx.cluster));
+            if let Some(link) = self.cluster.as_mut() {
+                (link.checks)(std::mem::take(&mut fx.cluster));
             }
         }
         if result.is_ok() && !fx.news.is_empty() {

@@ -243,7 +243,6 @@ impl Tailer {
                 transport: "file",
                 items: accepted,
                 checkpoint: Some(checkpoint.clone()),
-                remote: Vec::new(),
                 ack: Some(tx),
             };
             if self.ingest.submit(batch).is_err() {

@@ -74,7 +74,6 @@ impl IngestContext {
             transport,
             items,
             checkpoint: None,
-            remote: Vec::new(),
             ack: Some(tx),
         };
         match self.ingest.try_submit(batch) {
