@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::{Effects, Engine};
 use crate::correlate::{Received, evidence};
 use crate::normalize::Observation;
-use crate::sinks::metrics::{WatchLabels, WatchServiceLabels};
+use crate::telemetry::metrics::{WatchLabels, WatchServiceLabels};
 
 /// What observing an instance showed, for the evidence.
 #[derive(Debug, Clone, Copy)]
