@@ -107,6 +107,7 @@ impl App {
             engine = engine.with_pseudonyms(pseudonyms.clone());
         }
         engine.restore(restored);
+        let evidence = engine.watch_evidence();
         tracing::info!(instances = engine.tracked_instances(), "state restored");
         let mut cluster = None;
         let mut cluster_link: Option<pipeline::ClusterLink> = None;
@@ -197,6 +198,7 @@ impl App {
                 reader: reader.clone(),
                 ready: ready.clone(),
                 token: admin_token,
+                evidence,
             }),
             tls.as_ref().map(|t| t.acceptor.clone()),
             shutdown.clone(),

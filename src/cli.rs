@@ -1,5 +1,6 @@
 //! The command line: verbs, flags, and their exit codes (0 fine, 1 leaks found, 2 usage,
-//! config or input error). `main.rs` only parses and calls [`run`].
+//! config or input error, 3 a watch named by `--expect` saw nothing). `main.rs` only parses and
+//! calls [`run`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use crate::gate::{self, Format};
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+/// A watch named by `--expect` saw no observation (a leak, exit 1, wins over it).
+pub const EXIT_UNOBSERVED: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +59,9 @@ pub enum Command {
         /// How findings are printed.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Fail (exit 3) when this watch saw no observation; repeatable.
+        #[arg(long = "expect", value_name = "WATCH")]
+        expect: Vec<String>,
         /// Files to read: OTLP JSON (one export per line, or whole documents) or WebSocket event
         /// lines; gzip is detected; `-` reads stdin.
         #[arg(required = true, value_name = "FILES")]
@@ -70,6 +76,9 @@ pub enum Command {
         /// How findings are printed.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Fail (exit 3) when this watch saw no observation; repeatable.
+        #[arg(long = "expect", value_name = "WATCH")]
+        expect: Vec<String>,
         /// How long to wait after CMD exits for its last exports.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         grace: Duration,
@@ -157,14 +166,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check {
             config,
             format,
+            expect,
             files,
         } => {
-            let config = match load(&config) {
+            let config = match load(&config).and_then(|c| known_watches(c, &expect)) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match gate::check_files(&config, &files) {
-                Ok(findings) => finish(&findings, format),
+            match gate::check(&config, &files) {
+                Ok(outcome) => finish(&outcome, format, &expect),
                 Err(e) => {
                     eprintln!("crosstalk: {e}");
                     ExitCode::from(EXIT_USAGE)
@@ -174,25 +184,52 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run {
             config,
             format,
+            expect,
             grace,
             command,
-        } => match load(&config) {
-            Ok(config) => runtime().block_on(run_command(config, format, grace, command)),
+        } => match load(&config).and_then(|c| known_watches(c, &expect)) {
+            Ok(config) => runtime().block_on(run_command(config, format, expect, grace, command)),
             Err(code) => code,
         },
     }
 }
 
-fn finish(findings: &[crate::correlate::Finding], format: Format) -> ExitCode {
+/// `--expect` must name configured watches: a typo would otherwise pass forever.
+fn known_watches(config: Config, expect: &[String]) -> Result<Config, ExitCode> {
+    match expect
+        .iter()
+        .find(|e| !config.watches.iter().any(|w| &w.name == *e))
+    {
+        Some(unknown) => {
+            eprintln!("crosstalk: --expect {unknown}: no watch of that name is configured");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        None => Ok(config),
+    }
+}
+
+/// Print the outcome; exit 1 on findings, else 3 if an expected watch saw nothing, else 0.
+fn finish(outcome: &gate::Outcome, format: Format, expect: &[String]) -> ExitCode {
+    let unobserved = outcome.unobserved(expect);
     let mut out = std::io::stdout().lock();
-    if let Err(e) = gate::print_findings(&mut out, findings, format).and_then(|_| out.flush()) {
+    if let Err(e) =
+        gate::print_outcome(&mut out, outcome, &unobserved, format).and_then(|_| out.flush())
+    {
         eprintln!("crosstalk: cannot write findings: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    ExitCode::from(if findings.is_empty() {
-        EXIT_OK
-    } else {
+    // Text already says so on stdout; other formats are for machines, so tell the human too.
+    if format != Format::Text {
+        for name in &unobserved {
+            eprintln!("crosstalk: expected watch `{name}` saw no observation");
+        }
+    }
+    ExitCode::from(if !outcome.findings.is_empty() {
         EXIT_FINDINGS
+    } else if !unobserved.is_empty() {
+        EXIT_UNOBSERVED
+    } else {
+        EXIT_OK
     })
 }
 
@@ -239,6 +276,7 @@ async fn wait_for_signal() {
 async fn run_command(
     mut config: Config,
     format: Format,
+    expect: Vec<String>,
     grace: Duration,
     command: Vec<String>,
 ) -> ExitCode {
@@ -283,11 +321,14 @@ async fn run_command(
     };
     tokio::time::sleep(grace).await;
     let engine = app.stop(true).await;
-    let findings: Vec<_> = engine
-        .as_ref()
-        .map(|e| e.findings().into_iter().cloned().collect())
-        .unwrap_or_default();
-    let verdict = finish(&findings, format);
+    let outcome = match engine.as_ref() {
+        Some(e) => gate::Outcome::of(e),
+        None => gate::Outcome {
+            findings: Vec::new(),
+            watches: Vec::new(),
+        },
+    };
+    let verdict = finish(&outcome, format, &expect);
     if !status.success() {
         eprintln!("crosstalk: `{}` failed ({status})", command.join(" "));
         return ExitCode::from(

@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::correlate::evidence::WatchEvidence;
 use crate::correlate::{Effects, Engine, Finding, Received};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Extractor, Tally, otlp};
@@ -34,8 +35,45 @@ pub struct InputError {
     pub message: String,
 }
 
+/// What a gate run found: the findings, newest first, and the evidence per watch.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub findings: Vec<Finding>,
+    pub watches: Vec<WatchEvidence>,
+}
+
+impl Outcome {
+    /// What the engine holds at the end of a run.
+    pub fn of(engine: &Engine) -> Self {
+        let now_s = crate::correlate::finding::now_ns() / 1_000_000_000;
+        Outcome {
+            findings: engine.findings().into_iter().cloned().collect(),
+            watches: engine.watch_evidence().lock().report(now_s),
+        }
+    }
+
+    /// Of the `expected` watches, those that saw no observation at all, in the order given.
+    pub fn unobserved<'a>(&self, expected: &'a [String]) -> Vec<&'a str> {
+        expected
+            .iter()
+            .filter(|w| {
+                !self
+                    .watches
+                    .iter()
+                    .any(|e| &e.watch == *w && e.lifetime.observations > 0)
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 /// Run every file through one engine; the findings, newest first.
 pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, InputError> {
+    check(config, files).map(|o| o.findings)
+}
+
+/// Run every file through one engine; the findings and the evidence per watch.
+pub fn check(config: &Config, files: &[String]) -> Result<Outcome, InputError> {
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(config, metrics);
     if config.privacy.user_ids == crate::config::UserIds::Hmac {
@@ -58,7 +96,7 @@ pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, In
         fx = Effects::default();
     }
     engine.settle_all(Received::now(), &mut fx);
-    Ok(engine.findings().into_iter().cloned().collect())
+    Ok(Outcome::of(&engine))
 }
 
 /// A file (`-` for stdin), transparently gunzipped when it starts with the gzip magic.
@@ -185,50 +223,63 @@ fn feed_value(
     Ok(())
 }
 
-/// Print findings in the chosen format.
-pub fn print_findings(
+/// Print the findings and the per-watch evidence in the chosen format; `unobserved`: the
+/// `--expect`ed watches that saw nothing.
+pub fn print_outcome(
     out: &mut dyn Write,
-    findings: &[Finding],
+    outcome: &Outcome,
+    unobserved: &[&str],
     format: Format,
 ) -> std::io::Result<()> {
     match format {
         Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "findings": findings }))?;
+            let body = serde_json::json!({
+                "findings": outcome.findings,
+                "watches": outcome.watches,
+                "unobserved_expected": unobserved,
+            });
+            serde_json::to_writer_pretty(&mut *out, &body)?;
             writeln!(out)
         }
-        Format::Junit => out.write_all(junit(findings).as_bytes()),
+        Format::Junit => out.write_all(junit_report(outcome, unobserved).as_bytes()),
         Format::Text => {
-            if findings.is_empty() {
-                return writeln!(out, "crosstalk: no cross-user leaks found");
-            }
-            writeln!(
-                out,
-                "crosstalk: {} cross-user leak(s) found",
-                findings.len()
-            )?;
-            for f in findings {
-                writeln!(out, "{}", describe(f))?;
-                for e in &f.evidence {
-                    writeln!(
-                        out,
-                        "    {} at {} via {}{}{}",
-                        e.user,
-                        e.time,
-                        e.source,
-                        e.trace_id
-                            .as_ref()
-                            .map(|t| format!(" trace={t}"))
-                            .unwrap_or_default(),
-                        e.connection_id
-                            .as_ref()
-                            .map(|c| format!(" connection={c}"))
-                            .unwrap_or_default(),
-                    )?;
-                }
-            }
-            Ok(())
+            print_findings(out, &outcome.findings)?;
+            print_watches(out, &outcome.watches, unobserved)
         }
     }
+}
+
+/// Findings as text.
+fn print_findings(out: &mut dyn Write, findings: &[Finding]) -> std::io::Result<()> {
+    if findings.is_empty() {
+        return writeln!(out, "crosstalk: no cross-user leaks found");
+    }
+    writeln!(
+        out,
+        "crosstalk: {} cross-user leak(s) found",
+        findings.len()
+    )?;
+    for f in findings {
+        writeln!(out, "{}", describe(f))?;
+        for e in &f.evidence {
+            writeln!(
+                out,
+                "    {} at {} via {}{}{}",
+                e.user,
+                e.time,
+                e.source,
+                e.trace_id
+                    .as_ref()
+                    .map(|t| format!(" trace={t}"))
+                    .unwrap_or_default(),
+                e.connection_id
+                    .as_ref()
+                    .map(|c| format!(" connection={c}"))
+                    .unwrap_or_default(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// One line naming what leaked to whom.
@@ -257,15 +308,9 @@ pub fn describe(f: &Finding) -> String {
     )
 }
 
-/// A JUnit report: one failed test case per finding, one passing case when there is none.
-pub fn junit(findings: &[Finding]) -> String {
-    let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let tests = findings.len().max(1);
-    xml.push_str(&format!(
-        "<testsuites name=\"crosstalk\" tests=\"{tests}\" failures=\"{}\">\n  <testsuite name=\"crosstalk\" tests=\"{tests}\" failures=\"{}\">\n",
-        findings.len(),
-        findings.len()
-    ));
+/// One failed test case per finding, one passing case when there is none.
+fn junit_cases(findings: &[Finding]) -> String {
+    let mut xml = String::new();
     if findings.is_empty() {
         xml.push_str("    <testcase classname=\"crosstalk\" name=\"no cross-user leaks\"/>\n");
     }
@@ -293,7 +338,6 @@ pub fn junit(findings: &[Finding]) -> String {
             escape(&details.join("\n")),
         ));
     }
-    xml.push_str("  </testsuite>\n</testsuites>\n");
     xml
 }
 
@@ -313,6 +357,70 @@ fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// The evidence per watch as text: one line per (watch, service) with its verdict and numbers.
+fn print_watches(
+    out: &mut dyn Write,
+    watches: &[WatchEvidence],
+    unobserved: &[&str],
+) -> std::io::Result<()> {
+    writeln!(out, "crosstalk: evidence per watch")?;
+    for w in watches {
+        writeln!(out, "{}", summarize(w))?;
+    }
+    for name in unobserved {
+        writeln!(
+            out,
+            "crosstalk: expected watch `{name}` saw no observation (is the service still tagging it?)"
+        )?;
+    }
+    Ok(())
+}
+
+/// One line: watch, service, verdict, the window's numbers and the reason.
+pub fn summarize(w: &WatchEvidence) -> String {
+    let c = &w.window;
+    let approx = |exact: bool| if exact { "" } else { ">=" };
+    format!(
+        "  {} service={} {} observations={} instances={}{} users={}{} max_users_per_instance={} unattributed={:.0}% ({})",
+        w.watch,
+        w.service.as_deref().unwrap_or("-"),
+        w.verdict.as_str(),
+        c.observations,
+        approx(c.instances_exact),
+        c.instances,
+        approx(c.users_exact),
+        c.users,
+        c.max_users_per_instance,
+        c.unattributed_share * 100.0,
+        w.reason,
+    )
+}
+
+/// The whole JUnit report: one suite with a failed case per finding (one passing case when
+/// there is none) and per `--expect`ed watch that saw nothing; the per-watch evidence is the
+/// suite's `<system-out>`, so CI shows it without counting it as tests.
+pub fn junit_report(outcome: &Outcome, unobserved: &[&str]) -> String {
+    let findings = &outcome.findings;
+    let tests = findings.len().max(1) + unobserved.len();
+    let failures = findings.len() + unobserved.len();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"crosstalk\" tests=\"{tests}\" failures=\"{failures}\">\n  <testsuite name=\"crosstalk\" tests=\"{tests}\" failures=\"{failures}\">\n"
+    );
+    xml.push_str(&junit_cases(findings));
+    for name in unobserved {
+        xml.push_str(&format!(
+            "    <testcase classname=\"crosstalk.expect\" name=\"{0}\">\n      <failure type=\"unobserved\" message=\"expected watch {0} saw no observation\"/>\n    </testcase>\n",
+            escape(name)
+        ));
+    }
+    let lines: Vec<String> = outcome.watches.iter().map(summarize).collect();
+    xml.push_str(&format!(
+        "    <system-out>evidence per watch\n{}\n    </system-out>\n  </testsuite>\n</testsuites>\n",
+        escape(&lines.join("\n"))
+    ));
+    xml
 }
 
 #[cfg(test)]

@@ -275,6 +275,9 @@ impl EngineWorker {
         } else {
             self.engine.tick(now, &mut fx);
         }
+        if stopping {
+            self.engine.flush_evidence(&mut fx);
+        }
         let result = self
             .store
             .commit(&fx, &checkpoints, now.wall_ns)

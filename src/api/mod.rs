@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::correlate::FindingKind;
+use crate::correlate::evidence::Evidence;
 use crate::correlate::finding::{now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
 use crate::store::{Cursor, FindingFilter, StoreReader};
@@ -28,6 +29,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// Required for everything but `/live` and `/ready` (the kubelet's probes) when set.
     pub token: Option<crate::auth::BearerToken>,
+    /// The engine's isolation evidence, read for `/api/v1/watches`.
+    pub evidence: Arc<parking_lot::Mutex<Evidence>>,
 }
 
 impl Handler for Admin {
@@ -63,6 +66,7 @@ impl Handler for Admin {
             "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
             "/metrics" => self.metrics_page(&request),
             "/api/v1/findings" => self.list(&request).await,
+            "/api/v1/watches" => self.watches(),
             p if p.starts_with("/api/v1/findings/") => {
                 let id = p["/api/v1/findings/".len()..].to_owned();
                 self.one(id).await
@@ -120,6 +124,13 @@ impl Admin {
             Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
+    }
+
+    /// Per watch and service: the verdict and the numbers behind it (see `correlate::evidence`).
+    fn watches(&self) -> HttpResponse {
+        let now_s = now_ns() / 1_000_000_000;
+        let watches = self.evidence.lock().report(now_s);
+        json_response(StatusCode::OK, &json!({ "watches": watches }))
     }
 
     async fn one(&self, id: String) -> HttpResponse {

@@ -59,6 +59,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// Certificate and key (PEM) for every listener.
     pub tls: Option<TlsFiles>,
+    /// `[evidence] window`: the span verdicts and window counts are judged over.
+    pub evidence_window: Duration,
     pub watches: Vec<Watch>,
 }
 

@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub evidence: RawEvidence,
     #[serde(default, rename = "watch")]
     pub watches: Vec<RawWatch>,
 }
@@ -189,6 +191,20 @@ impl Default for EventFields {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub(super) struct RawEvidence {
+    pub window: String,
+}
+
+impl Default for RawEvidence {
+    fn default() -> Self {
+        Self {
+            window: "24h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct RawShutdown {
     pub grace: String,
 }
@@ -304,6 +320,8 @@ pub(super) struct RawWatch {
     pub retention: String,
     #[serde(default = "default_severity")]
     pub severity: String,
+    #[serde(default)]
+    pub expected: bool,
 }
 
 fn default_policy() -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{
     OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawEvents,
-    RawIdentity, RawListen, RawPrivacy,
+    RawEvidence, RawIdentity, RawListen, RawPrivacy,
 };
 use super::watch::resolve_watches;
 use super::{
@@ -105,9 +105,19 @@ impl RawConfig {
             limits,
             events,
             shutdown_grace: parse_duration("shutdown.grace", &self.shutdown.grace)?,
+            evidence_window: evidence_window(&self.evidence)?,
             watches,
         })
     }
+}
+
+/// `[evidence] window`: at least a minute, so that its buckets are at least seconds wide.
+fn evidence_window(raw: &RawEvidence) -> Result<Duration, ConfigError> {
+    let window = parse_duration("evidence.window", &raw.window)?;
+    if window < Duration::from_secs(60) {
+        return Err(invalid("evidence.window", "must be at least 1m"));
+    }
+    Ok(window)
 }
 
 fn listen(raw: &RawListen) -> Result<Listen, ConfigError> {

@@ -106,3 +106,18 @@ fn severity_is_parsed_and_named_with_its_key() {
         "{err}"
     );
 }
+
+#[test]
+fn evidence_window_and_expected_watches() {
+    let c = Config::default_config();
+    assert_eq!(c.evidence_window, Duration::from_secs(24 * 3600));
+    assert!(c.watches.iter().all(|w| !w.expected));
+    let text = "[evidence]\nwindow=\"2h\"\n[[watch]]\nname=\"f\"\nattribute=\"a\"\nexpected=true\n";
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.evidence_window, Duration::from_secs(7200));
+    assert!(c.watches[0].expected);
+    let err = Config::from_toml("[evidence]\nwindow=\"10s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("evidence.window"), "{err}");
+}

@@ -18,6 +18,9 @@ pub struct Watch {
     pub boundary: Boundary,
     pub retention: Duration,
     pub severity: Severity,
+    /// Must see traffic (`expected = true`): the CrosstalkExpectedWatchNeverObserved alert pages
+    /// when it never does; other watches never observed are only reported.
+    pub expected: bool,
 }
 
 /// How many distinct principals an instance may serve.
@@ -159,6 +162,7 @@ fn resolve_watch(i: usize, w: RawWatch, has_tenant_attributes: bool) -> Result<W
         boundary,
         retention,
         severity: parse_named(&key("severity"), &w.severity)?,
+        expected: w.expected,
     })
 }
 

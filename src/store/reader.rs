@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{FileCheckpoint, Store, StoreError};
 use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, RestoredScope};
+use crate::correlate::evidence::SeenRow;
 use crate::correlate::{Finding, FindingKind};
 
 impl Store {
@@ -82,6 +83,20 @@ impl Store {
         })?;
         for row in rows {
             restored.pending.push(row?);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT watch, service, first_s, last_s FROM watch_evidence")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SeenRow {
+                watch: r.get(0)?,
+                service: r.get(1)?,
+                first_s: r.get::<_, i64>(2)? as u64,
+                last_s: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        for row in rows {
+            restored.evidence.push(row?);
         }
         Ok(restored)
     }

@@ -42,6 +42,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         received_ns INTEGER NOT NULL,
         body TEXT NOT NULL
      );",
+    // 4: first and last observation per (watch, service), so that `blind` survives a restart.
+    "CREATE TABLE watch_evidence (
+        watch TEXT NOT NULL, service TEXT NOT NULL,
+        first_s INTEGER NOT NULL, last_s INTEGER NOT NULL,
+        PRIMARY KEY (watch, service)
+     ) WITHOUT ROWID;",
 ];
 
 /// Bring the database to the newest schema; refuse one newer than this build understands.

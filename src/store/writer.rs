@@ -131,6 +131,19 @@ impl Store {
             for seq in &fx.unparked {
                 unpark.execute(params![*seq as i64])?;
             }
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO watch_evidence (watch, service, first_s, last_s) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (watch, service) DO UPDATE
+                 SET first_s = min(first_s, ?3), last_s = max(last_s, ?4)",
+            )?;
+            for e in &fx.evidence {
+                seen.execute(params![
+                    e.watch,
+                    e.service,
+                    e.first_s as i64,
+                    e.last_s as i64
+                ])?;
+            }
             if self.alerting {
                 // New or grown: send now. Merely used again: re-arm only if it had resolved.
                 let mut news = tx.prepare_cached(

@@ -98,6 +98,12 @@ pub struct Metrics {
     pub cluster_pending: Gauge,
     pub cluster_dropped: Counter,
     pub cluster_round_trips: Counter,
+    /// Isolation evidence per (watch, service); see `correlate::evidence`.
+    pub watch_last_observation: Family<WatchServiceLabels, Gauge>,
+    pub watch_max_users_per_instance: Family<WatchServiceLabels, Gauge>,
+    pub watch_instances: Family<WatchServiceLabels, Gauge>,
+    pub watch_users: Family<WatchServiceLabels, Gauge>,
+    pub watch_expected: Family<WatchLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -253,6 +259,37 @@ impl Metrics {
                 cluster_round_trips.clone(),
             );
         }
+        let evidence = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<WatchServiceLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let watch_last_observation = evidence(
+            &mut registry,
+            "crosstalk_watch_last_observation_timestamp_seconds",
+            "When a watched instance of this watch was last observed in this service (Unix seconds; kept across restarts)",
+        );
+        let watch_max_users_per_instance = evidence(
+            &mut registry,
+            "crosstalk_watch_max_users_per_instance",
+            "The most users one instance served, over the evidence window",
+        );
+        let watch_instances = evidence(
+            &mut registry,
+            "crosstalk_watch_instances",
+            "Distinct instances observed over the evidence window",
+        );
+        let watch_users = evidence(
+            &mut registry,
+            "crosstalk_watch_users",
+            "Distinct users served by observed instances over the evidence window",
+        );
+        let watch_expected = Family::<WatchLabels, Gauge>::default();
+        registry.register(
+            "crosstalk_watch_expected",
+            "1 for a watch marked expected = true (it must see traffic), else 0",
+            watch_expected.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "crosstalk_build_info",
@@ -288,6 +325,11 @@ impl Metrics {
             cluster_pending,
             cluster_dropped,
             cluster_round_trips,
+            watch_last_observation,
+            watch_max_users_per_instance,
+            watch_instances,
+            watch_users,
+            watch_expected,
         }
     }
 

@@ -19,6 +19,10 @@ Usage:
       --requests-per-user K [--protocol http|grpc] [--endpoint URL]
       [--service-instance-id ID] [--tenant-of USER=TENANT ...]
       [--instance-attr NAME] [--shared-instance-id ID] [--export-timeout SECS]
+      [--untagged] [--anonymous]
+
+--untagged models a refactor that dropped the instance tagging (the factory span carries no
+instance attribute); --anonymous one that dropped the user (no user.id on any span).
 
 Without --endpoint the exporter gets no endpoint argument, so the SDK reads
 OTEL_EXPORTER_OTLP_ENDPOINT etc. itself; the protocol comes from --protocol,
@@ -169,7 +173,9 @@ class Simulation:
     def handle_request(self, user_id: str):
         """One request: a server span with a factory child span."""
         tenant_id = self.tenants.get(user_id)
-        attrs = {"user.id": user_id, "http.request.method": "POST", "http.route": "/api/agent/run"}
+        attrs = {"http.request.method": "POST", "http.route": "/api/agent/run"}
+        if not self.args.anonymous:
+            attrs["user.id"] = user_id
         if tenant_id:
             attrs["tenant.id"] = tenant_id
         with self.tracer.start_as_current_span("POST /api/agent/run", kind=SpanKind.SERVER,
@@ -183,8 +189,8 @@ class Simulation:
             with self._lock:
                 self.instance_ids.add(instance_id)
             time.sleep(random.uniform(0.005, 0.015))
-            with self.tracer.start_as_current_span("agent_factory.create_agent",
-                                                   attributes={self.args.instance_attr: instance_id}):
+            tags = {} if self.args.untagged else {self.args.instance_attr: instance_id}
+            with self.tracer.start_as_current_span("agent_factory.create_agent", attributes=tags):
                 factory.create_agent(ctx)
                 time.sleep(random.uniform(0.020, 0.050))
             time.sleep(random.uniform(0.005, 0.015))
@@ -226,6 +232,9 @@ def main() -> int:
                    help="every request reports this instance id, whatever the mode")
     p.add_argument("--export-timeout", type=float, default=None,
                    help="seconds per export; default: SDK/env (OTEL_EXPORTER_OTLP_TIMEOUT, in seconds)")
+    p.add_argument("--untagged", action="store_true",
+                   help="the factory span carries no instance attribute")
+    p.add_argument("--anonymous", action="store_true", help="no span carries user.id")
     args = p.parse_args()
     if args.users < 1 or args.requests_per_user < 1:
         sys.exit("seeds_backend: --users and --requests-per-user must be >= 1")

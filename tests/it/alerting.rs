@@ -401,3 +401,89 @@ fn shipped_kubernetes_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The blind-watch rules on a real Prometheus scraping a real crosstalk: a watch and service
+/// whose stored last observation is two hours old goes pending (promtool proves the `for:`
+/// timing), a live one does not; an expected watch never observed goes pending, a watch never
+/// observed and not expected does not. The Isolation row's queries show the live watch.
+#[test]
+fn blind_watch_rules_fire_and_stay_quiet_on_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[watch]]\nname = \"agent_factory\"\nattribute = \"agent_factory.instance_id\"\nexpected = true\n\
+                  [[watch]]\nname = \"db_session\"\nattribute = \"db.session.instance_id\"\n\
+                  [[watch]]\nname = \"ws_emitter\"\nattribute = \"websocket.emitter.id\"\nexpected = true\n";
+    // A store that saw agent_factory in `billing` two hours ago (as a crosstalk would have
+    // recorded it), then a crosstalk restarted on it.
+    let mut first = Server::start_in(dir.path(), config);
+    first.terminate();
+    let two_hours_ago = (now_ns() / 1_000_000_000 - 7200) as i64;
+    rusqlite::Connection::open(dir.path().join("data/crosstalk.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO watch_evidence (watch, service, first_s, last_s) VALUES ('agent_factory', 'billing', ?1, ?1)",
+            [two_hours_ago],
+        )
+        .unwrap();
+    let s = Server::start_in(dir.path(), config);
+    s.post_traces(&factory_use("alice", "f1", 1));
+    s.post_traces(&factory_use("bob", "f2", 2));
+    let prom_port = free_port();
+    let _prom = start_prometheus(dir.path(), prom_port, s.admin, free_port());
+    let alert_of = |name: &str, label: &str, value: &str| {
+        let alerts = get(&format!("http://127.0.0.1:{prom_port}/api/v1/alerts")).json();
+        alerts["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name && a["labels"][label] == value)
+            .map(|a| a["state"].as_str().unwrap_or("").to_owned())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            alert_of("CrosstalkWatchWentBlind", "service", "billing").is_some()
+                && alert_of("CrosstalkExpectedWatchNeverObserved", "watch", "ws_emitter").is_some()
+        }),
+        "the blind-watch rules did not trigger: {}",
+        get(&format!("http://127.0.0.1:{prom_port}/api/v1/alerts")).text()
+    );
+    assert_eq!(
+        alert_of("CrosstalkWatchWentBlind", "service", "billing").as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        alert_of("CrosstalkWatchWentBlind", "service", "agent-backend"),
+        None,
+        "a live watch is not blind"
+    );
+    assert_eq!(
+        alert_of("CrosstalkExpectedWatchNeverObserved", "watch", "db_session"),
+        None,
+        "never observed but not expected: reported, not paged"
+    );
+    assert_eq!(
+        alert_of(
+            "CrosstalkExpectedWatchNeverObserved",
+            "watch",
+            "agent_factory"
+        ),
+        None,
+        "observed"
+    );
+    // The Isolation row shows the live watch: instances, users, max users per instance, last seen.
+    let isolation: Vec<(String, String)> = dashboard_queries()
+        .into_iter()
+        .filter(|(_, e)| e.contains("crosstalk_watch_") && !e.contains("count("))
+        .collect();
+    assert_eq!(isolation.len(), 4, "{isolation:?}");
+    for (file, expr) in &isolation {
+        let r = promql(prom_port, expr);
+        let result = r["data"]["result"].as_array().cloned().unwrap_or_default();
+        assert!(
+            result
+                .iter()
+                .any(|row| row["metric"]["watch"] == "agent_factory"
+                    && row["metric"]["service"] == "agent-backend"),
+            "{file}: `{expr}` does not show agent_factory in agent-backend: {r}"
+        );
+    }
+}

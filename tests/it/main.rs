@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod e2e;
 mod events;
+mod evidence;
 mod gate;
 mod hostile;
 mod operator;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::Finding;
 
 use super::remote::ClusterCheck;
@@ -93,6 +94,8 @@ pub struct Effects {
     pub parked: Vec<PendingRow>,
     /// Waiting rows settled since (or unreadable at restore): they go, by `seq`.
     pub unparked: Vec<u64>,
+    /// First/last observation per (watch, service), so that `blind` survives a restart.
+    pub evidence: Vec<SeenRow>,
 }
 
 impl Effects {
@@ -104,6 +107,7 @@ impl Effects {
             && self.findings.is_empty()
             && self.parked.is_empty()
             && self.unparked.is_empty()
+            && self.evidence.is_empty()
     }
 }
 
@@ -115,4 +119,6 @@ pub struct Restored {
     pub findings: Vec<FindingRecord>,
     /// Observations that were waiting for their trace's user, oldest first.
     pub pending: Vec<PendingRow>,
+    /// First/last observation per (watch, service).
+    pub evidence: Vec<SeenRow>,
 }

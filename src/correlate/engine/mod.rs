@@ -12,8 +12,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::attribution::{Parked, Pending, Received, TraceUsers};
+use super::evidence::{Evidence, WatchInfo};
 use super::finding::Finding;
-use crate::config::{Boundary, Config, Scope, Watch};
+use crate::config::{Boundary, Config, Policy, Scope, Watch};
 use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
 use crate::telemetry::metrics::{Metrics, WatchLabels};
@@ -25,6 +26,9 @@ pub const DELIVERY_WATCH: &str = "event_delivery";
 const TRACE_TTL_NS: u64 = 300 * 1_000_000_000;
 /// How often tracked instances are checked against their watch's retention.
 const SWEEP_EVERY_NS: u64 = 10 * 1_000_000_000;
+/// How often evidence gauges are refreshed and first/last times handed to the store: the
+/// window's distinct counts are merges of bucket tallies, not worth doing per batch.
+const EVIDENCE_EVERY_NS: u64 = 2 * 1_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct InstanceKey {
@@ -97,6 +101,7 @@ pub struct Engine {
     pending: Pending,
     dirty_findings: Vec<String>,
     last_sweep_ns: u64,
+    last_evidence_ns: u64,
     metrics: Arc<Metrics>,
     counters: Vec<WatchCounters>,
     /// In `hmac` privacy mode: users and tenants are replaced by pseudonyms before they are
@@ -109,6 +114,9 @@ pub struct Engine {
     restored_overflow: Vec<Parked>,
     /// Waiting rows found unreadable at restore; deleted by the first commit.
     unreadable_pending: Vec<u64>,
+    /// Shared with the admin API, which reads verdicts from it; locked per watched
+    /// observation (uncontended but for an API read).
+    evidence: Arc<parking_lot::Mutex<Evidence>>,
 }
 
 impl Engine {
@@ -128,6 +136,16 @@ impl Engine {
             })
             .collect();
         let global = Arc::new(Resource::from_identity(Default::default(), None, None));
+        let infos = config
+            .watches
+            .iter()
+            .map(|w| WatchInfo {
+                name: w.name.clone(),
+                allow: w.policy == Policy::Allow,
+                expected: w.expected,
+            })
+            .collect();
+        let evidence = Evidence::new(infos, config.evidence_window);
         Engine {
             watches: config.watches.clone(),
             wait_ns: config.attribution.wait.as_nanos() as u64,
@@ -141,6 +159,7 @@ impl Engine {
             pending: Pending::new(config.attribution.max_pending),
             dirty_findings: Vec::new(),
             last_sweep_ns: 0,
+            last_evidence_ns: 0,
             metrics,
             counters,
             pseudonyms: None,
@@ -148,7 +167,13 @@ impl Engine {
             next_parked_seq: 1,
             restored_overflow: Vec::new(),
             unreadable_pending: Vec::new(),
+            evidence: Arc::new(parking_lot::Mutex::new(evidence)),
         }
+    }
+
+    /// The per-watch evidence, for the admin API and the gate's summary.
+    pub fn watch_evidence(&self) -> Arc<parking_lot::Mutex<Evidence>> {
+        self.evidence.clone()
     }
 
     /// Leave conflicts on global watches to the cluster (Redis) instead of judging them here.
@@ -282,6 +307,10 @@ impl Engine {
             self.last_sweep_ns = now.wall_ns;
             self.sweep_retention(now.wall_ns / 1_000_000_000, fx);
         }
+        if now.wall_ns.saturating_sub(self.last_evidence_ns) >= EVIDENCE_EVERY_NS {
+            self.last_evidence_ns = now.wall_ns;
+            self.publish_evidence(now.wall_ns / 1_000_000_000, fx);
+        }
         self.flush_dirty(fx);
     }
 
@@ -290,6 +319,7 @@ impl Engine {
         for parked in self.pending.drain() {
             self.settle_parked(parked, now, fx);
         }
+        self.publish_evidence(now.wall_ns / 1_000_000_000, fx);
         self.flush_dirty(fx);
     }
 
@@ -361,18 +391,25 @@ impl Engine {
                 Boundary::User => user.is_some(),
                 Boundary::Tenant => tenant.is_some(),
             };
+            let scope = match scope_kind {
+                Scope::Process => obs_scope,
+                Scope::Global => 0,
+            };
             if !principal_known {
                 self.counters[w].unattributed.inc();
+                self.observe_evidence(watched.watch, obs, scope, &watched.id, None, received);
                 continue;
             }
             let key = InstanceKey {
                 watch: watched.watch,
-                scope: match scope_kind {
-                    Scope::Process => obs_scope,
-                    Scope::Global => 0,
-                },
+                scope,
                 id: watched.id.clone(),
             };
+            let principal = match boundary {
+                Boundary::User => user.as_deref(),
+                Boundary::Tenant => tenant.as_deref(),
+            };
+            let principal = super::evidence::item_hash(&[principal.unwrap_or("").as_bytes()]);
             let sighting = Sighting {
                 key,
                 obs,
@@ -382,7 +419,9 @@ impl Engine {
                 received,
                 now,
             };
-            self.observe_instance(sighting, fx);
+            let seen = self.observe_instance(sighting, fx);
+            let attributed = Some((principal, seen));
+            self.observe_evidence(watched.watch, obs, scope, &watched.id, attributed, received);
         }
         if let Some(delivery) = &obs.delivery {
             if let (Some(user), Some(conn_user)) = (&user, &delivery.connection_user) {
@@ -399,6 +438,7 @@ impl Engine {
 mod bounds;
 mod contract;
 mod findings;
+mod isolation;
 mod observe;
 mod remote;
 mod restore;

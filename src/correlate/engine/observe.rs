@@ -7,6 +7,7 @@
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use super::isolation::InstanceSeen;
 use super::{BindingRow, Effects, Engine, InstanceKey, InstanceState, Received, Seed, Use};
 use crate::config::{Boundary, Policy, Scope};
 use crate::normalize::Observation;
@@ -47,7 +48,7 @@ impl Rule {
 }
 
 impl Engine {
-    pub(super) fn observe_instance(&mut self, s: Sighting<'_>, fx: &mut Effects) {
+    pub(super) fn observe_instance(&mut self, s: Sighting<'_>, fx: &mut Effects) -> InstanceSeen {
         let watch = &self.watches[s.key.watch as usize];
         let rule = Rule {
             policy: watch.policy,
@@ -57,10 +58,15 @@ impl Engine {
         let state = self.instance_entry(&s, fx);
         let conflicts = state.conflicts(&s, rule);
         let (this_use, new) = state.record_use(&s, rule.policy);
+        let users = state.uses.len() as u32;
         if new {
             self.bind(&s, &this_use, rule, fx);
         }
         let existing = self.instances.get(&s.key).and_then(|st| st.finding.clone());
+        let seen = InstanceSeen {
+            users,
+            leaking: existing.is_some() || !conflicts.is_empty(),
+        };
         if let Some(id) = existing {
             // Coordinated findings grow from Redis's verdicts, not from what this sidecar saw.
             let grow = (!rule.coordinated).then_some(&this_use);
@@ -71,6 +77,7 @@ impl Engine {
                 state.finding = Some(id.into());
             }
         }
+        seen
     }
 
     /// The instance's state, made room for and created if new, touched now.

@@ -138,6 +138,7 @@ impl Engine {
         let users = uses.iter().map(|u| u.user.as_str());
         let tenants = uses.iter().filter_map(|u| u.tenant.as_deref());
         let evidence = uses.iter().map(|u| u.evidence.clone());
+        self.evidence_finding(watch, &rc.check.service, now.wall_ns / 1_000_000_000);
         if let Some(record) = self.findings.get_mut(&id) {
             let growth = record.absorb(users, tenants, evidence, last_ns);
             self.grew(&id, growth, fx);

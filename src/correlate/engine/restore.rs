@@ -226,9 +226,11 @@ impl Engine {
                 if let Some(state) = self.instances.get_mut(&key) {
                     state.finding = Some(f.id.as_str().into());
                 }
+                self.evidence_finding(watch, &f.service, record.last_seen_ns / 1_000_000_000);
             }
             self.findings.insert(f.id.clone(), record);
         }
+        self.restore_evidence(&restored.evidence);
         self.update_tracked_gauges();
         let now = crate::correlate::finding::now_ns();
         for row in restored.pending {

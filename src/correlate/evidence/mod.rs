@@ -4,8 +4,9 @@
 //! numbers support (`isolated`, `allowed`, `leaking`, `blind`, `unattributed`).
 //!
 //! Pure and bounded: no I/O, no clock (callers pass wall-clock seconds); at most [`MAX_PAIRS`]
-//! (watch, service) pairs, each a ring of [`window::BUCKETS`] bounded tallies. Services past the
-//! cap are counted under [`OTHER_SERVICE`]. First and last observation times are handed out as
+//! (watch, service) pairs, each a ring of [`window::BUCKETS`] tallies plus the lifetime's, whose
+//! two distinct counters hold at most 3 KiB each (the shared `DistinctCounter`): about 150 KiB
+//! per pair at worst, 40 MiB for all. Services past the cap are counted under [`OTHER_SERVICE`]. First and last observation times are handed out as
 //! [`SeenRow`]s to persist, so that `blind` survives a restart.
 
 mod counter;
@@ -29,7 +30,7 @@ use super::finding::rfc3339;
 
 /// (watch, service) pairs kept at most; more services are pooled under [`OTHER_SERVICE`] (one
 /// more pair per watch).
-pub const MAX_PAIRS: usize = 512;
+pub const MAX_PAIRS: usize = 256;
 /// The service evidence pools services past [`MAX_PAIRS`] under.
 pub const OTHER_SERVICE: &str = "__other__";
 /// A pair's last observation is handed out for persisting at most this often.
@@ -198,8 +199,10 @@ impl Evidence {
         }
     }
 
-    /// First/last times that are new or moved on enough since last handed out, to persist.
-    pub fn take_unpersisted(&mut self) -> Vec<SeenRow> {
+    /// First/last times that are new or moved on enough since last handed out (with `all`:
+    /// moved on at all, for a shutdown), to persist.
+    pub fn take_unpersisted(&mut self, all: bool) -> Vec<SeenRow> {
+        let every = if all { 1 } else { PERSIST_EVERY_S };
         let mut out = Vec::new();
         for (w, map) in self.pairs.iter_mut().enumerate() {
             for (service, p) in map.iter_mut() {
@@ -208,7 +211,7 @@ impl Evidence {
                 };
                 let due = p
                     .persisted_s
-                    .is_none_or(|s| last_s >= s.saturating_add(PERSIST_EVERY_S));
+                    .is_none_or(|s| last_s >= s.saturating_add(every));
                 if due {
                     p.persisted_s = Some(last_s);
                     out.push(SeenRow {
@@ -273,6 +276,12 @@ impl Evidence {
             expected: info.expected,
             lifetime: Counts::from(&p.lifetime),
         }
+    }
+
+    /// Last observation of a (watch, service), wall-clock seconds.
+    pub fn last_seen_s(&self, watch: &str, service: &str) -> Option<u64> {
+        let w = self.watches.iter().position(|w| w.name == watch)?;
+        self.pairs[w].get(service)?.last_s
     }
 
     /// Watches (by name) with no observation at all, in config order.

@@ -239,7 +239,7 @@ fn a_fixed_leak_turns_isolated_once_the_window_passes() {
 fn tagging_removed_goes_blind_after_a_window_and_the_store_keeps_it_across_restarts() {
     let mut e = Evidence::new(watches(), Duration::from_secs(DAY));
     e.observe(0, "api", T0, &seen(1, Some(1), 1));
-    let rows = e.take_unpersisted();
+    let rows = e.take_unpersisted(false);
     assert_eq!(
         rows,
         [SeenRow {
@@ -251,7 +251,10 @@ fn tagging_removed_goes_blind_after_a_window_and_the_store_keeps_it_across_resta
     );
     // Not handed out again until it moved on by a minute.
     e.observe(0, "api", T0 + 30, &seen(1, Some(1), 1));
-    assert!(e.take_unpersisted().is_empty());
+    assert!(e.take_unpersisted(false).is_empty());
+    // At shutdown, whatever moved at all.
+    assert_eq!(e.take_unpersisted(true)[0].last_s, T0 + 30);
+    assert!(e.take_unpersisted(true).is_empty());
     // A restart: a fresh Evidence from the stored rows.
     let mut after = Evidence::new(watches(), Duration::from_secs(DAY));
     after.restore(&rows);

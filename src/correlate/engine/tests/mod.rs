@@ -459,6 +459,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         bindings: fx.bindings.clone(),
         findings: Vec::new(),
         pending: Vec::new(),
+        evidence: Vec::new(),
     };
     let mut second = Engine::new(&cfg, Arc::new(Metrics::new()));
     second.restore(restored);
@@ -486,6 +487,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         bindings,
         findings: fx2.findings.clone(),
         pending: Vec::new(),
+        evidence: Vec::new(),
     });
     let mut fx3 = Effects::default();
     third.ingest(
