@@ -5,6 +5,7 @@ mod util;
 mod alerting;
 mod cli;
 mod cluster;
+mod dashboards;
 mod durability;
 mod e2e;
 mod events;
