@@ -13,3 +13,4 @@ mod gate;
 mod hostile;
 mod operator;
 mod otlp;
+mod store_faults;
