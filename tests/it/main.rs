@@ -13,4 +13,5 @@ mod gate;
 mod hostile;
 mod operator;
 mod otlp;
+mod span_times;
 mod store_faults;
