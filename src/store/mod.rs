@@ -6,7 +6,7 @@
 //! - [`writer`]: [`Store`], owned by the engine thread, commits each group of batches in one
 //!   transaction before any of them is acknowledged;
 //! - [`reader`]: restore at start-up and [`StoreReader`] for the findings API (own connection);
-//! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection).
+//! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection);
 //! - [`guard`]: the directory lock and the integrity check before the writer opens (`--repair`).
 
 pub mod guard;
