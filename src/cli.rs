@@ -37,6 +37,10 @@ pub enum Command {
         /// Config file; without it, the embedded default.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Start on a damaged store: keep a copy of the damaged files in the storage directory's
+        /// `damaged-<time>/`, carry on with what can still be read (else an empty store).
+        #[arg(long)]
+        repair: bool,
     },
     /// Print the pseudonym alerts and logs (and, in `hmac` mode, the API) use for a user id.
     UserHash {
@@ -119,7 +123,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config } => match load(&config) {
+        Command::Serve { config, repair } => match load(&config) {
+            Ok(config) if repair && !repair_store(&config.storage_dir) => {
+                ExitCode::from(EXIT_USAGE)
+            }
             Ok(config) => runtime().block_on(serve(config)),
             Err(code) => code,
         },
@@ -231,6 +238,30 @@ fn finish(outcome: &gate::Outcome, format: Format, expect: &[String]) -> ExitCod
     } else {
         EXIT_OK
     })
+}
+
+/// `serve --repair`: say what was kept and where; false when the store cannot be repaired.
+fn repair_store(dir: &std::path::Path) -> bool {
+    match crate::store::guard::repair(dir) {
+        Ok(r) => {
+            match (&r.kept_in, r.salvaged) {
+                (None, _) => eprintln!("crosstalk: store in {} is sound", dir.display()),
+                (Some(kept), true) => eprintln!(
+                    "crosstalk: damaged store files copied to {}; kept what could be read",
+                    kept.display()
+                ),
+                (Some(kept), false) => eprintln!(
+                    "crosstalk: damaged store moved to {}; starting with an empty store",
+                    kept.display()
+                ),
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("crosstalk: cannot repair the store: {e}");
+            false
+        }
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

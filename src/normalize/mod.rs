@@ -226,6 +226,66 @@ impl RejectReason {
     }
 }
 
+/// Why a span's time was not taken as given; the `reason` label of `crosstalk_clamped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClampReason {
+    /// The end precedes the start: the span is taken as a point at its start.
+    EndBeforeStart,
+    /// The end lies past the receipt time (+ skew): a span is exported only after it ended.
+    EndInFuture,
+    /// The start lies past the receipt time (+ skew): the receipt time is used instead.
+    StartInFuture,
+}
+
+impl ClampReason {
+    pub const ALL: [ClampReason; 3] = [
+        ClampReason::EndBeforeStart,
+        ClampReason::EndInFuture,
+        ClampReason::StartInFuture,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClampReason::EndBeforeStart => "end_before_start",
+            ClampReason::EndInFuture => "end_in_future",
+            ClampReason::StartInFuture => "start_in_future",
+        }
+    }
+}
+
+/// How far ahead of the receipt time a span's clock may run (host clock skew) before its times
+/// are called impossible: an exported span has ended, so it cannot end after it arrived.
+pub const MAX_CLOCK_SKEW_NS: u64 = 15 * 60 * 1_000_000_000;
+
+/// A span's event time within sane bounds: a missing start is the receipt time (a missing end
+/// the start), a start in the
+/// future is the receipt time, and a bad end (before the start, or in the future) is the start —
+/// an overlap is then judged on the one instant the span is known to have been alive, instead of
+/// on centuries it never lived. Returns `(start, end)` and counts each correction in `tally`.
+pub fn clamp_span_times(start: u64, end: u64, received_ns: u64, tally: &mut Tally) -> (u64, u64) {
+    let horizon = received_ns.saturating_add(MAX_CLOCK_SKEW_NS);
+    let start = match start {
+        0 => received_ns,
+        s if s > horizon => {
+            tally.clamp(ClampReason::StartInFuture);
+            received_ns
+        }
+        s => s,
+    };
+    let end = if end == 0 {
+        start // not set: a point, as for a missing start
+    } else if end > horizon {
+        tally.clamp(ClampReason::EndInFuture);
+        start
+    } else if end < start {
+        tally.clamp(ClampReason::EndBeforeStart);
+        start
+    } else {
+        end
+    };
+    (start, end)
+}
+
 /// The items a payload held, and those that could not be used.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
@@ -235,6 +295,8 @@ pub struct Tally {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// The first message of each rejection reason: bounded by the fixed set of reasons.
     pub errors: BTreeMap<RejectReason, String>,
+    /// Span times corrected (the span is still used), by reason.
+    pub clamped: BTreeMap<ClampReason, u64>,
 }
 
 impl Tally {
@@ -255,6 +317,24 @@ impl Tally {
             })
             .collect();
         (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    pub fn clamp(&mut self, reason: ClampReason) {
+        *self.clamped.entry(reason).or_default() += 1;
+    }
+
+    /// Add another payload part's counts to this one.
+    pub fn absorb(&mut self, other: Tally) {
+        self.items += other.items;
+        for (reason, n) in other.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+        for (reason, n) in other.clamped {
+            *self.clamped.entry(reason).or_default() += n;
+        }
+        for (reason, message) in other.errors {
+            self.errors.entry(reason).or_insert(message);
+        }
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -397,5 +477,60 @@ impl AttributeScan {
 
     pub fn tenant(&mut self) -> Option<Box<str>> {
         self.tenant.take().map(|(_, t)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_times_are_clamped_to_sane_bounds_and_counted() {
+        const S: u64 = 1_000_000_000;
+        let now = 1_700_000_000 * S;
+        let century = 100 * 365 * 24 * 3600 * S;
+        use ClampReason::*;
+        #[rustfmt::skip]
+        type Row = (u64, u64, (u64, u64), &'static [ClampReason]);
+        let table: &[Row] = &[
+            // start          end                 → (start, end)                     counted
+            (now - 5 * S, now - S, (now - 5 * S, now - S), &[]),
+            (0, 0, (now, now), &[]),
+            (now - 5 * S, 0, (now - 5 * S, now - 5 * S), &[]),
+            (now - S, now - 5 * S, (now - S, now - S), &[EndBeforeStart]),
+            (now - S, now + century, (now - S, now - S), &[EndInFuture]),
+            (
+                now + century,
+                now + century + S,
+                (now, now),
+                &[StartInFuture, EndInFuture],
+            ),
+            (
+                now + century,
+                now - S,
+                (now, now),
+                &[StartInFuture, EndBeforeStart],
+            ),
+            // Within the allowed clock skew: taken as given.
+            (
+                now + 60 * S,
+                now + 61 * S,
+                (now + 60 * S, now + 61 * S),
+                &[],
+            ),
+        ];
+        for &(start, end, want, counted) in table {
+            let mut tally = Tally::default();
+            assert_eq!(
+                clamp_span_times(start, end, now, &mut tally),
+                want,
+                "{start} {end}"
+            );
+            let mut got: Vec<_> = tally.clamped.keys().copied().collect();
+            let mut counted = counted.to_vec();
+            got.sort();
+            counted.sort();
+            assert_eq!(got, counted, "{start} {end}");
+        }
     }
 }

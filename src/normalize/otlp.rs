@@ -181,15 +181,16 @@ pub(crate) fn span_observation(
         });
         return None;
     }
-    let start_ns = if span.start_time_unix_nano == 0 {
-        received_ns
-    } else {
-        span.start_time_unix_nano
-    };
+    let (start_ns, end_ns) = super::clamp_span_times(
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        received_ns,
+        tally,
+    );
     let obs = Observation {
         signal: Signal::Span,
         start_ns,
-        end_ns: span.end_time_unix_nano.max(start_ns),
+        end_ns,
         trace_id: TraceId::from_bytes(span.trace_id),
         span_id: SpanId::from_bytes(span.span_id),
         resource: resource.clone(),

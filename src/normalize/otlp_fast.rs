@@ -76,13 +76,7 @@ pub fn observe_traces_protobuf(
             r.skip(tag, wt, ctx)?;
         }
     }
-    tally.items += walk.tally.items;
-    for (reason, n) in walk.tally.rejected {
-        *tally.rejected.entry(reason).or_default() += n;
-    }
-    for (reason, message) in walk.tally.errors {
-        tally.errors.entry(reason).or_insert(message);
-    }
+    tally.absorb(walk.tally);
     Ok(walk.out)
 }
 

@@ -22,8 +22,8 @@ use crate::config::{Alertmanager, UserIds};
 use crate::correlate::finding::{now_ns, rfc3339};
 use crate::correlate::{Finding, FindingKind};
 use crate::privacy::Pseudonymizer;
-use crate::telemetry::metrics::Metrics;
 use crate::store::{AlertState, DueAlert, Outbox, Settled};
+use crate::telemetry::metrics::Metrics;
 
 const POLL: Duration = Duration::from_millis(250);
 const MAX_BACKOFF_S: u64 = 60;

@@ -20,7 +20,7 @@ use crate::config::Limits;
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally};
 use crate::pipeline::{Batch, IngestHandle, Refused};
-use crate::telemetry::events::Rejected;
+use crate::telemetry::events::{Rejected, SpanTimesClamped};
 use crate::telemetry::metrics::Metrics;
 
 /// What every network source shares.
@@ -45,7 +45,7 @@ pub enum SubmitError {
 }
 
 impl IngestContext {
-    /// Count a payload's per-item rejections under `source`.
+    /// Count a payload's per-item rejections under `source`, and its corrected span times.
     pub fn count_rejections(&self, source: &str, tally: &Tally) {
         for (reason, n) in &tally.rejected {
             Rejected {
@@ -54,6 +54,9 @@ impl IngestContext {
                 n: *n,
             }
             .emit(&self.metrics);
+        }
+        for (&reason, &n) in &tally.clamped {
+            SpanTimesClamped { reason, n }.emit(&self.metrics);
         }
     }
 

@@ -6,7 +6,10 @@
 //! - [`writer`]: [`Store`], owned by the engine thread, commits each group of batches in one
 //!   transaction before any of them is acknowledged;
 //! - [`reader`]: restore at start-up and [`StoreReader`] for the findings API (own connection);
-//! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection).
+//! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection);
+//! - [`guard`]: the directory lock and the integrity check before the writer opens (`--repair`).
+
+pub mod guard;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,24 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("store schema version {found} is newer than this crosstalk understands ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "storage directory {} is in use by another crosstalk process ({}); stop it, or give this \
+         one its own [storage] dir", dir.display(),
+        pid.map_or("PID unknown".to_owned(), |p| format!("PID {p}"))
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error(
+        "store file {} is damaged: {what}. crosstalk will not start on it (that would silently \
+         lose acknowledged data). Run `crosstalk serve --repair` to keep a copy of the damaged \
+         files in a damaged-<time>/ folder of the storage directory and carry on with what can \
+         still be read, or restore the storage directory from a backup", file.display()
+    )]
+    Damaged { file: PathBuf, what: String },
 }
 
 /// How far a tailed file has been read and committed.

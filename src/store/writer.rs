@@ -6,13 +6,15 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, params};
 
-use super::{FileCheckpoint, Outbox, StoreError, StoreReader, open_connection, schema};
+use super::{FileCheckpoint, Outbox, StoreError, StoreReader, guard, open_connection, schema};
 use crate::correlate::engine::Effects;
 
 /// The writer. Owned by the engine thread.
 pub struct Store {
     pub(super) conn: Connection,
     dir: PathBuf,
+    /// Held as long as the writer lives: one process per storage directory.
+    _lock: guard::DirLock,
     /// Queue an alert for every new or grown finding, in the same transaction.
     alerting: bool,
 }
@@ -20,11 +22,22 @@ pub struct Store {
 impl Store {
     /// Open (creating and migrating as needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let mut conn = open_connection(dir)?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let lock = guard::DirLock::acquire(dir)?;
+        guard::check_files(dir)?;
+        let mut conn = open_connection(dir).map_err(|e| guard::damaged_if_corrupt(dir, e))?;
+        guard::quick_check(&conn).map_err(|what| StoreError::Damaged {
+            file: dir.join(guard::DB_FILE),
+            what,
+        })?;
         schema::migrate(&mut conn)?;
         Ok(Store {
             conn,
             dir: dir.to_owned(),
+            _lock: lock,
             alerting: false,
         })
     }

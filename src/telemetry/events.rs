@@ -35,6 +35,26 @@ impl Rejected<'_> {
     }
 }
 
+/// Span times corrected by normalization (the span is still used);
+/// `crosstalk_clamped_total{reason}`.
+pub struct SpanTimesClamped {
+    pub reason: crate::normalize::ClampReason,
+    pub n: u64,
+}
+
+impl SpanTimesClamped {
+    pub fn emit(self, metrics: &Metrics) {
+        let reason = self.reason.as_str();
+        tracing::debug!(reason, n = self.n, "span times clamped");
+        metrics
+            .clamped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(self.n);
+    }
+}
+
 /// An admin API request refused; `crosstalk_admin_bad_requests_total{reason}` (kept apart from
 /// `rejected`, which alerts read as "telemetry is being lost").
 pub struct AdminBadRequest<'a> {

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub admin_bad_requests: Family<ReasonLabels, Counter>,
     pub discarded: Family<DiscardLabels, Counter>,
+    pub clamped: Family<ReasonLabels, Counter>,
     pub unattributed: Family<WatchLabels, Counter>,
     pub watched_observations: Family<WatchLabels, Counter>,
     pub detection_delay: Histogram,
@@ -165,6 +166,18 @@ impl Metrics {
             "Items accepted and deliberately dropped: signals crosstalk does not read (metrics data points)",
             discarded.clone(),
         );
+        let clamped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "crosstalk_clamped",
+            "Spans whose times were corrected (end before start, end or start in the future); the span is still used",
+            clamped.clone(),
+        );
+        // Every reason is known up front: export each at zero so a panel never shows "No data".
+        for reason in crate::normalize::ClampReason::ALL {
+            let _ = clamped.get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            });
+        }
         let unattributed = Family::<WatchLabels, Counter>::default();
         registry.register(
             "crosstalk_unattributed",
@@ -310,6 +323,7 @@ impl Metrics {
             rejected,
             admin_bad_requests,
             discarded,
+            clamped,
             unattributed,
             watched_observations,
             detection_delay,

@@ -57,6 +57,16 @@ impl Server {
     }
 
     pub fn start_with_config(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(dir, config, env, &[])
+    }
+
+    /// Start with extra `serve` flags (`--repair`).
+    pub fn start_with_args(
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let stderr_log = dir.join(format!("stderr-{}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -67,6 +77,7 @@ impl Server {
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
@@ -295,6 +306,31 @@ pub fn kv(key: &str, value: &str) -> KeyValue {
         }),
         ..Default::default()
     }
+}
+
+/// Run `crosstalk serve` expecting it to refuse to start: its exit code and stderr.
+pub fn serve_refused(config: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("crosstalk started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn now_ns() -> u64 {

@@ -1,0 +1,113 @@
+//! The storage directory under faults a real operator meets: a second process started on it,
+//! a 0-byte database, a write-ahead log damaged after a crash. Each must be refused loudly
+//! (exit 2, naming the file and what to do), never a silent fresh start.
+
+use crate::util::*;
+
+fn config_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("crosstalk.toml");
+    std::fs::write(&config, config_text(dir, FACTORY_WATCH)).unwrap();
+    config
+}
+
+#[test]
+fn a_second_process_on_one_storage_directory_exits_2_naming_it_and_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start_in(dir.path(), FACTORY_WATCH);
+    let (code, stderr) = serve_refused(&config_in(dir.path()));
+    assert_eq!(code, Some(2), "{stderr}");
+    let data = dir.path().join("data");
+    assert!(stderr.contains(&*data.to_string_lossy()), "{stderr}");
+    assert!(stderr.contains(&format!("PID {}", first.pid())), "{stderr}");
+    // The first process is untouched and still the only writer.
+    assert_eq!(first.post_traces(&factory_use("alice", "f", 1)).status, 200);
+}
+
+#[test]
+fn an_empty_database_is_refused_and_repair_keeps_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("crosstalk.db"), b"").unwrap();
+    let config = config_in(dir.path());
+    let (code, stderr) = serve_refused(&config);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&*data.join("crosstalk.db").to_string_lossy())
+            && stderr.contains("empty")
+            && stderr.contains("--repair"),
+        "{stderr}"
+    );
+    let s = Server::start_with_args(dir.path(), &config, &[], &["--repair"]);
+    assert_eq!(s.post_traces(&factory_use("alice", "f", 1)).status, 200);
+    let kept: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("damaged-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::metadata(kept[0].join("crosstalk.db"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn a_corrupted_wal_is_refused_and_repair_keeps_the_readable_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
+    // A finding first, then enough commits that the damage lands well before the WAL's end.
+    assert_eq!(
+        s.post_traces(&factory_use("alice", "shared", 1)).status,
+        200
+    );
+    assert_eq!(s.post_traces(&factory_use("bob", "shared", 2)).status, 200);
+    for i in 0..40u128 {
+        let r = s.post_traces(&factory_use("carol", &format!("f{i}"), 10 + i));
+        assert_eq!(r.status, 200);
+    }
+    s.kill9();
+    let wal_path = data.join("crosstalk.db-wal");
+    let mut wal = std::fs::read(&wal_path).unwrap();
+    let page = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let frames = (wal.len() - 32) / (24 + page);
+    assert!(
+        frames > 20,
+        "only {frames} WAL frames: nothing to corrupt in the middle"
+    );
+    let victim = frames * 2 / 3;
+    wal[32 + victim * (24 + page) + 24 + page / 2] ^= 0x5a;
+    std::fs::write(&wal_path, &wal).unwrap();
+
+    let config = config_in(dir.path());
+    let (code, stderr) = serve_refused(&config);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&*wal_path.to_string_lossy()) && stderr.contains("--repair"),
+        "{stderr}"
+    );
+
+    let s = Server::start_with_args(dir.path(), &config, &[], &["--repair"]);
+    let f = s.findings();
+    assert_eq!(f.len(), 1, "the finding before the damage is kept: {f:?}");
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
+    let kept = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("damaged-")
+        })
+        .expect("damaged files kept");
+    assert_eq!(std::fs::read(kept.join("crosstalk.db-wal")).unwrap(), wal);
+}
