@@ -69,144 +69,57 @@ pub(super) fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<
     (engine, findings)
 }
 
+/// One use of the table below: (user, instance, start s, end s, process).
+type TableUse = (&'static str, &'static str, u64, u64, &'static str);
+
+/// (what, policy, scope, uses in arrival order, users of the one finding; none: no finding).
+type PolicyCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [TableUse],
+    &'static [&'static str],
+);
+
+#[rustfmt::skip]
+const POLICY_CASES: &[PolicyCase] = &[
+    ("exclusive: one user many times is fine", "exclusive", "process",
+        &[("alice", "f1", 1, 2, "p1"), ("alice", "f1", 3, 4, "p1")], &[]),
+    ("exclusive: a second user is a finding", "exclusive", "process",
+        &[("alice", "f1", 1, 2, "p1"), ("bob", "f1", 10, 11, "p1")], &["alice", "bob"]),
+    ("process scope: same id in two processes is two instances", "exclusive", "process",
+        &[("alice", "f1", 1, 2, "p1"), ("bob", "f1", 1, 2, "p2")], &[]),
+    ("global scope: same id in two processes is one instance", "exclusive", "global",
+        &[("alice", "s1", 1, 2, "p1"), ("bob", "s1", 5, 6, "p2")], &["alice", "bob"]),
+    ("concurrent: users taking turns is fine", "concurrent", "process",
+        &[("alice", "c", 1, 2, "p1"), ("bob", "c", 3, 4, "p1"), ("alice", "c", 5, 6, "p1")], &[]),
+    ("concurrent: overlapping users is a finding", "concurrent", "process",
+        &[("alice", "c", 1, 5, "p1"), ("bob", "c", 4, 6, "p1")], &["alice", "bob"]),
+    ("concurrent: overlap found whatever the arrival order", "concurrent", "process",
+        &[("bob", "c", 4, 6, "p1"), ("alice", "c", 1, 5, "p1")], &["alice", "bob"]),
+    ("allow: never a finding", "allow", "global",
+        &[("alice", "x", 1, 5, "p1"), ("bob", "x", 1, 5, "p1")], &[]),
+    ("exclusive: later users are appended to the one finding", "exclusive", "process",
+        &[("alice", "f", 1, 2, "p1"), ("bob", "f", 3, 4, "p1"), ("carol", "f", 5, 6, "p1"),
+          ("bob", "f", 7, 8, "p1")], &["alice", "bob", "carol"]),
+    ("users are ordered by event time, not arrival", "exclusive", "process",
+        &[("bob", "f", 10, 11, "p1"), ("alice", "f", 1, 2, "p1")], &["alice", "bob"]),
+];
+
 #[test]
 fn policies_and_scopes() {
-    struct Case {
-        name: &'static str,
-        policy: &'static str,
-        scope: &'static str,
-        uses: Vec<Observation>,
-        findings: usize,
-        users: &'static [&'static str],
-    }
-    let cases = vec![
-        Case {
-            name: "exclusive: one user many times is fine",
-            policy: "exclusive",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "f1", 1, 2, "p1"),
-                obs(Some("alice"), None, "f1", 3, 4, "p1"),
-            ],
-            findings: 0,
-            users: &[],
-        },
-        Case {
-            name: "exclusive: a second user is a finding",
-            policy: "exclusive",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "f1", 1, 2, "p1"),
-                obs(Some("bob"), None, "f1", 10, 11, "p1"),
-            ],
-            findings: 1,
-            users: &["alice", "bob"],
-        },
-        Case {
-            name: "process scope: same id in two processes is two instances",
-            policy: "exclusive",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "f1", 1, 2, "p1"),
-                obs(Some("bob"), None, "f1", 1, 2, "p2"),
-            ],
-            findings: 0,
-            users: &[],
-        },
-        Case {
-            name: "global scope: same id in two processes is one instance",
-            policy: "exclusive",
-            scope: "global",
-            uses: vec![
-                obs(Some("alice"), None, "s1", 1, 2, "p1"),
-                obs(Some("bob"), None, "s1", 5, 6, "p2"),
-            ],
-            findings: 1,
-            users: &["alice", "bob"],
-        },
-        Case {
-            name: "concurrent: users taking turns is fine",
-            policy: "concurrent",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "c", 1, 2, "p1"),
-                obs(Some("bob"), None, "c", 3, 4, "p1"),
-                obs(Some("alice"), None, "c", 5, 6, "p1"),
-            ],
-            findings: 0,
-            users: &[],
-        },
-        Case {
-            name: "concurrent: overlapping users is a finding",
-            policy: "concurrent",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "c", 1, 5, "p1"),
-                obs(Some("bob"), None, "c", 4, 6, "p1"),
-            ],
-            findings: 1,
-            users: &["alice", "bob"],
-        },
-        Case {
-            name: "concurrent: overlap found whatever the arrival order",
-            policy: "concurrent",
-            scope: "process",
-            uses: vec![
-                obs(Some("bob"), None, "c", 4, 6, "p1"),
-                obs(Some("alice"), None, "c", 1, 5, "p1"),
-            ],
-            findings: 1,
-            users: &["alice", "bob"],
-        },
-        Case {
-            name: "allow: never a finding",
-            policy: "allow",
-            scope: "global",
-            uses: vec![
-                obs(Some("alice"), None, "x", 1, 5, "p1"),
-                obs(Some("bob"), None, "x", 1, 5, "p1"),
-            ],
-            findings: 0,
-            users: &[],
-        },
-        Case {
-            name: "exclusive: later users are appended to the one finding",
-            policy: "exclusive",
-            scope: "process",
-            uses: vec![
-                obs(Some("alice"), None, "f", 1, 2, "p1"),
-                obs(Some("bob"), None, "f", 3, 4, "p1"),
-                obs(Some("carol"), None, "f", 5, 6, "p1"),
-                obs(Some("bob"), None, "f", 7, 8, "p1"),
-            ],
-            findings: 1,
-            users: &["alice", "bob", "carol"],
-        },
-        Case {
-            name: "users are ordered by event time, not arrival",
-            policy: "exclusive",
-            scope: "process",
-            uses: vec![
-                obs(Some("bob"), None, "f", 10, 11, "p1"),
-                obs(Some("alice"), None, "f", 1, 2, "p1"),
-            ],
-            findings: 1,
-            users: &["alice", "bob"],
-        },
-    ];
-    for case in cases {
-        let (_, findings) = run(&config(case.policy, case.scope, "user"), case.uses);
-        assert_eq!(findings.len(), case.findings, "{}", case.name);
+    for &(name, policy, scope, uses, users) in POLICY_CASES {
+        let uses = uses
+            .iter()
+            .map(|&(u, id, s, e, p)| obs(Some(u), None, id, s, e, p))
+            .collect();
+        let (_, findings) = run(&config(policy, scope, "user"), uses);
+        assert_eq!(findings.len(), usize::from(!users.is_empty()), "{name}");
         if let Some(f) = findings.first() {
-            assert_eq!(f.finding.users, case.users, "{}", case.name);
-            assert_eq!(
-                f.finding.user_count as usize,
-                case.users.len(),
-                "{}",
-                case.name
-            );
+            assert_eq!(f.finding.users, users, "{name}");
+            assert_eq!(f.finding.user_count as usize, users.len(), "{name}");
             assert_eq!(f.finding.kind, FindingKind::SharedInstance);
-            assert!(f.finding.evidence.len() >= 2, "{}", case.name);
+            assert!(f.finding.evidence.len() >= 2, "{name}");
         }
     }
 }
