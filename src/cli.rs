@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG, Overrides};
 use crate::gate::{self, Format};
 
 /// Exit codes.
@@ -33,14 +33,30 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar (OTLP/gRPC, OTLP/HTTP, admin API).
+    ///
+    /// Settings come from, highest first: these flags, `CROSSTALK_<SECTION>_<KEY>` environment
+    /// variables (e.g. CROSSTALK_LISTEN_ADMIN, CROSSTALK_STORAGE_DIR), the config file, the
+    /// embedded default. A file that lists no [[watch]] keeps the default watches.
     Serve {
-        /// Config file; without it, the embedded default.
+        /// Config file (or CROSSTALK_CONFIG); without either, the embedded default.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Start on a damaged store: keep a copy of the damaged files in the storage directory's
         /// `damaged-<time>/`, carry on with what can still be read (else an empty store).
         #[arg(long)]
         repair: bool,
+        /// OTLP/gRPC listen address, e.g. 0.0.0.0:4317 (listen.otlp_grpc).
+        #[arg(long, value_name = "ADDR")]
+        otlp_grpc: Option<String>,
+        /// OTLP/HTTP listen address, e.g. 0.0.0.0:4318 (listen.otlp_http).
+        #[arg(long, value_name = "ADDR")]
+        otlp_http: Option<String>,
+        /// Admin listen address: /metrics, /live, /ready, /api/v1/... (listen.admin).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Directory of the SQLite store and the generated HMAC key (storage.dir).
+        #[arg(long, value_name = "DIR")]
+        storage_dir: Option<PathBuf>,
     },
     /// Print the pseudonym alerts and logs (and, in `hmac` mode, the API) use for a user id.
     UserHash {
@@ -103,13 +119,52 @@ pub enum ConfigAction {
     },
 }
 
-fn load(config: &Option<PathBuf>) -> Result<Config, ExitCode> {
-    match config {
-        None => Ok(Config::default_config()),
-        Some(path) => Config::load(path).map_err(|e| {
-            eprintln!("crosstalk: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }),
+/// `serve` flags: (section, key, value), applied over the environment.
+type Flags = [(&'static str, &'static str, Option<String>)];
+
+/// The config file (`--config`, else `CROSSTALK_CONFIG`, else the embedded default) with the
+/// environment's `CROSSTALK_<SECTION>_<KEY>` and then `flags` applied over it.
+fn load(config: &Option<PathBuf>, flags: &Flags) -> Result<Config, ExitCode> {
+    load_config(config, flags).map_err(|e| {
+        eprintln!("crosstalk: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn load_config(config: &Option<PathBuf>, flags: &Flags) -> Result<Config, ConfigError> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let mut overrides = Overrides::from_env(env)?;
+    for name in &overrides.unknown_env {
+        tracing::warn!(variable = %name, "unknown CROSSTALK_* environment variable ignored");
+    }
+    for (section, key, value) in flags {
+        if let Some(v) = value {
+            overrides.set(section, key, v.clone());
+        }
+    }
+    let path = config
+        .clone()
+        .or_else(|| std::env::var_os("CROSSTALK_CONFIG").map(PathBuf::from));
+    Config::load_with(path.as_deref(), &overrides)
+}
+
+/// `config check`: the resolved watch list, so a file that drops them is seen at once.
+fn print_check(file: &std::path::Path, c: &Config) {
+    println!("{}: ok ({} watches)", file.display(), c.watches.len());
+    let l = &c.listen;
+    println!(
+        "listen: otlp_grpc {}, otlp_http {}, admin {}",
+        l.otlp_grpc, l.otlp_http, l.admin
+    );
+    if c.default_watches {
+        println!("watches: the defaults (the file lists no [[watch]])");
+    }
+    for w in &c.watches {
+        println!("  {}", w.summary());
+    }
+    if c.watches.is_empty() {
+        eprintln!("crosstalk: warning: nothing is watched (`watch = []`): no leak can be found");
     }
 }
 
@@ -123,7 +178,26 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, repair } => match load(&config) {
+        Command::Serve {
+            config,
+            repair,
+            otlp_grpc,
+            otlp_http,
+            admin,
+            storage_dir,
+        } => match load(
+            &config,
+            &[
+                ("listen", "otlp_grpc", otlp_grpc),
+                ("listen", "otlp_http", otlp_http),
+                ("listen", "admin", admin),
+                (
+                    "storage",
+                    "dir",
+                    storage_dir.map(|d| d.display().to_string()),
+                ),
+            ],
+        ) {
             Ok(config) if repair && !repair_store(&config.storage_dir) => {
                 ExitCode::from(EXIT_USAGE)
             }
@@ -131,7 +205,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::UserHash { config, id } => {
-            let config = match load(&config) {
+            let config = match load(&config, &[]) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -160,9 +234,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Config {
             action: ConfigAction::Check { file },
-        } => match Config::load(&file) {
+        } => match load_config(&Some(file.clone()), &[]) {
             Ok(c) => {
-                println!("{}: ok ({} watches)", file.display(), c.watches.len());
+                print_check(&file, &c);
                 ExitCode::from(EXIT_OK)
             }
             Err(e) => {
@@ -176,7 +250,7 @@ pub fn run(cli: Cli) -> ExitCode {
             expect,
             files,
         } => {
-            let config = match load(&config).and_then(|c| known_watches(c, &expect)) {
+            let config = match load(&config, &[]).and_then(|c| known_watches(c, &expect)) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -194,7 +268,7 @@ pub fn run(cli: Cli) -> ExitCode {
             expect,
             grace,
             command,
-        } => match load(&config).and_then(|c| known_watches(c, &expect)) {
+        } => match load(&config, &[]).and_then(|c| known_watches(c, &expect)) {
             Ok(config) => runtime().block_on(run_command(config, format, expect, grace, command)),
             Err(code) => code,
         },
@@ -266,6 +340,12 @@ fn repair_store(dir: &std::path::Path) -> bool {
 
 async fn serve(config: Config) -> ExitCode {
     let started = std::time::Instant::now();
+    if config.watches.is_empty() {
+        tracing::warn!(
+            "NOTHING IS WATCHED: the config sets `watch = []`, so no shared instance can be \
+             found (only misdelivered events); remove it to keep the default watches"
+        );
+    }
     let app = match crate::App::start(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -3,8 +3,11 @@
 //! resolved [`Config`] the rest of the program uses.
 //!
 //! Every raw key has an explicit default, so an empty file is a valid config equal to the
-//! embedded default minus its watches.
+//! embedded default, watches included: a file's `[[watch]]` list replaces the default one only
+//! when present (`watch = []` for none). [`overrides`] applies environment variables and `serve`
+//! flags over the file before it is read.
 
+mod overrides;
 mod raw;
 mod resolve;
 mod watch;
@@ -16,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use overrides::{Overrides, env_names};
 pub use raw::{EventFields, Limits};
 pub use watch::{Boundary, Policy, Scope, Severity, Watch};
 
@@ -62,6 +66,8 @@ pub struct Config {
     /// `[evidence] window`: the span verdicts and window counts are judged over.
     pub evidence_window: Duration,
     pub watches: Vec<Watch>,
+    /// The file listed no `[[watch]]` (nor `watch = []`), so `watches` are the default ones.
+    pub default_watches: bool,
 }
 
 impl Config {
@@ -72,17 +78,33 @@ impl Config {
 
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text)
+        Self::load_with(Some(path), &Overrides::default())
+    }
+
+    /// The file at `path` (else the embedded default) with `overrides` applied over it.
+    pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => DEFAULT_CONFIG.to_owned(),
+        };
+        Self::from_toml_with(&text, overrides)
     }
 
     /// Parse and validate TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig =
+        Self::from_toml_with(text, &Overrides::default())
+    }
+
+    fn from_toml_with(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        overrides.apply(&mut doc)?;
+        let raw: raw::RawConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         raw.resolve()
     }
 }

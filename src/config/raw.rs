@@ -34,8 +34,10 @@ pub(super) struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub evidence: RawEvidence,
+    /// `None`: the file lists no `[[watch]]`, so the default watches apply; `watch = []`
+    /// (an explicit empty list) means none.
     #[serde(default, rename = "watch")]
-    pub watches: Vec<RawWatch>,
+    pub watches: Option<Vec<RawWatch>>,
 }
 
 #[derive(Debug, Deserialize)]

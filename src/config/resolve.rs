@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{
     OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawEvents,
-    RawEvidence, RawIdentity, RawListen, RawPrivacy,
+    RawEvidence, RawIdentity, RawListen, RawPrivacy, RawWatch,
 };
 use super::watch::resolve_watches;
 use super::{
@@ -84,7 +84,9 @@ impl RawConfig {
         let identity = identity(self.identity)?;
         let limits = limits(self.limits)?;
         let events = events(self.events)?;
-        let watches = resolve_watches(self.watches, !identity.tenant_attributes.is_empty())?;
+        let default_watches = self.watches.is_none();
+        let raw_watches = self.watches.unwrap_or_else(default_raw_watches);
+        let watches = resolve_watches(raw_watches, !identity.tenant_attributes.is_empty())?;
         let privacy = privacy(self.privacy)?;
         let alertmanager = self.alertmanager.map(alertmanager).transpose()?;
         let auth = auth(self.auth, &listen)?;
@@ -107,6 +109,7 @@ impl RawConfig {
             shutdown_grace: parse_duration("shutdown.grace", &self.shutdown.grace)?,
             evidence_window: evidence_window(&self.evidence)?,
             watches,
+            default_watches,
         })
     }
 }
@@ -120,12 +123,39 @@ fn evidence_window(raw: &RawEvidence) -> Result<Duration, ConfigError> {
     Ok(window)
 }
 
+/// The watches of the embedded default, for a file that lists none of its own.
+fn default_raw_watches() -> Vec<RawWatch> {
+    toml::from_str::<RawConfig>(super::DEFAULT_CONFIG)
+        .ok()
+        .and_then(|raw| raw.watches)
+        .unwrap_or_default()
+}
+
 fn listen(raw: &RawListen) -> Result<Listen, ConfigError> {
-    Ok(Listen {
+    let listen = Listen {
         otlp_grpc: parse_addr("listen.otlp_grpc", &raw.otlp_grpc)?,
         otlp_http: parse_addr("listen.otlp_http", &raw.otlp_http)?,
         admin: parse_addr("listen.admin", &raw.admin)?,
-    })
+    };
+    let named = [
+        ("listen.otlp_grpc", listen.otlp_grpc),
+        ("listen.otlp_http", listen.otlp_http),
+        ("listen.admin", listen.admin),
+    ];
+    for (i, (key, a)) in named.iter().enumerate() {
+        for (other, b) in &named[i + 1..] {
+            // Port 0 picks a free port each time; an unspecified address (0.0.0.0) takes the
+            // port on every interface, so it collides with any address on that port.
+            let same_host = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() != 0 && a.port() == b.port() && same_host {
+                return Err(invalid(
+                    *other,
+                    format!("{b} collides with {key} ({a}): each listener needs its own port"),
+                ));
+            }
+        }
+    }
+    Ok(listen)
 }
 
 fn identity(raw: RawIdentity) -> Result<Identity, ConfigError> {

@@ -19,7 +19,11 @@ fn embedded_default_is_valid_and_watches_session_globally() {
 fn empty_file_takes_defaults() {
     let cfg = Config::from_toml("").unwrap();
     assert_eq!(cfg.identity.user_attributes, ["user.id", "enduser.id"]);
-    assert!(cfg.watches.is_empty());
+    assert_eq!(
+        cfg.watches.len(),
+        4,
+        "a file without [[watch]] keeps the default watches"
+    );
     assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
 }
 
@@ -120,4 +124,54 @@ fn evidence_window_and_expected_watches() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("evidence.window"), "{err}");
+}
+
+#[test]
+fn readme_lists_every_environment_variable() {
+    let readme = include_str!("../../README.md");
+    for name in super::env_names() {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README does not list {name}"
+        );
+    }
+}
+
+#[test]
+fn watches_default_unless_the_file_lists_its_own_or_says_none() {
+    let ports_only = Config::from_toml("[listen]\nadmin = \"127.0.0.1:1\"\n").unwrap();
+    assert!(ports_only.default_watches);
+    assert_eq!(
+        ports_only.watches.len(),
+        Config::default_config().watches.len()
+    );
+    let none = Config::from_toml("watch = []\n").unwrap();
+    assert!(none.watches.is_empty() && !none.default_watches);
+    let own = Config::from_toml("[[watch]]\nname = \"w\"\nattribute = \"a\"\n").unwrap();
+    assert_eq!(own.watches.len(), 1);
+    assert!(!own.default_watches);
+}
+
+#[test]
+fn environment_values_are_typed_and_unknown_names_collected() {
+    let env = |pairs: &[(&str, &str)]| {
+        super::Overrides::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    let o = env(&[
+        ("CROSSTALK_LIMITS_QUEUE_CAPACITY", "7"),
+        ("CROSSTALK_IDENTITY_USER_ATTRIBUTES", "uid, user.id"),
+        ("CROSSTALK_LOG_FORMAT", "json"),
+        ("CROSSTALK_COLOUR", "red"),
+        ("HOME", "/root"),
+    ])
+    .unwrap();
+    assert_eq!(o.unknown_env, vec!["CROSSTALK_COLOUR".to_owned()]);
+    let c = Config::load_with(None, &o).unwrap();
+    assert_eq!(c.limits.queue_capacity, 7);
+    assert_eq!(c.identity.user_attributes, ["uid", "user.id"]);
+    let bad = env(&[("CROSSTALK_LIMITS_QUEUE_CAPACITY", "lots")]).unwrap_err();
+    assert!(
+        bad.to_string().contains("CROSSTALK_LIMITS_QUEUE_CAPACITY"),
+        "{bad}"
+    );
 }

@@ -84,6 +84,22 @@ impl Named for Severity {
     ];
 }
 
+impl Watch {
+    /// One line for `config check`: what is watched and how it is judged.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} = {} (policy {}, scope {}, boundary {}, retention {}, severity {})",
+            self.name,
+            self.attribute,
+            self.policy.name(),
+            self.scope.name(),
+            self.boundary.name(),
+            humantime::format_duration(self.retention),
+            self.severity.name()
+        )
+    }
+}
+
 impl Policy {
     /// The TOML spelling, also used in findings.
     pub fn as_str(self) -> &'static str {

@@ -22,7 +22,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// A child process killed on drop.
-pub(crate) struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {

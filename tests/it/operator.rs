@@ -359,3 +359,166 @@ fn detection_delay_runs_from_receipt_of_the_conflicting_span_to_the_committed_fi
         "delay {sum}s: the wait for bob's root span counts"
     );
 }
+
+/// `crosstalk serve ARGS` with `env`, until its ready line: the child and the bound addresses.
+fn serve_ready(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (crate::alerting::Proc, serde_json::Value, std::path::PathBuf) {
+    use std::io::BufRead;
+    let log = tempfile::NamedTempFile::new()
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(args)
+        .env_remove("CROSSTALK_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "not ready ({e}): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    (crate::alerting::Proc(child), ready, log)
+}
+
+fn config_check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["config", "check"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_file_that_only_moves_the_ports_keeps_the_default_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports_only = dir.path().join("ports.toml");
+    std::fs::write(&ports_only, config_text(dir.path(), "")).unwrap();
+    let out = config_check(&ports_only);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("ok (4 watches)"), "{text}");
+    assert!(
+        text.contains("agent_factory = agent_factory.instance_id"),
+        "{text}"
+    );
+    assert!(text.contains("the defaults"), "{text}");
+
+    // And serve really watches them: the default agent_factory watch finds the leak.
+    let s = Server::start_with_config(dir.path(), &ports_only, &[]);
+    s.post_traces(&factory_use("alice", "f", 1));
+    s.post_traces(&factory_use("bob", "f", 2));
+    let found = s.findings();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["watch"], "agent_factory");
+
+    // `watch = []` is the explicit way to watch nothing, and it is said out loud.
+    let none = dir.path().join("none.toml");
+    std::fs::write(
+        &none,
+        format!("watch = []\n{}", config_text(dir.path(), "")),
+    )
+    .unwrap();
+    let out = config_check(&none);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 watches)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is watched"));
+    let (_p, _ready, log) = serve_ready(&["--config", none.to_str().unwrap()], &[]);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.contains("NOTHING IS WATCHED"), "{stderr}");
+}
+
+#[test]
+fn flags_beat_environment_beats_file_for_listeners_and_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let [file_port, env_port, flag_port] = [free_port(), free_port(), free_port()];
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\notlp_grpc = \"127.0.0.1:0\"\notlp_http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{file_port}\"\n\
+             [storage]\ndir = \"{}\"\n",
+            dir.path().join("file-data").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let env_admin = format!("127.0.0.1:{env_port}");
+    let env_data = dir.path().join("env-data");
+    let env = [
+        ("CROSSTALK_LISTEN_ADMIN", env_admin.as_str()),
+        ("CROSSTALK_STORAGE_DIR", env_data.to_str().unwrap()),
+        ("CROSSTALK_NO_SUCH_KEY", "1"),
+    ];
+    let admin_of = |ready: &serde_json::Value| ready["admin"].as_str().unwrap().to_owned();
+
+    let (p, ready, _) = serve_ready(&["--config", cfg], &[]);
+    assert_eq!(admin_of(&ready), format!("127.0.0.1:{file_port}"));
+    drop(p);
+    let (p, ready, log) = serve_ready(&["--config", cfg], &env);
+    assert_eq!(admin_of(&ready), env_admin);
+    assert!(
+        env_data.join("crosstalk.db").exists(),
+        "CROSSTALK_STORAGE_DIR not used"
+    );
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        stderr.contains("CROSSTALK_NO_SUCH_KEY"),
+        "unknown variable not warned: {stderr}"
+    );
+    drop(p);
+    let flag_admin = format!("127.0.0.1:{flag_port}");
+    let flag_data = dir.path().join("flag-data");
+    let (p, ready, _) = serve_ready(
+        &[
+            "--config",
+            cfg,
+            "--admin",
+            &flag_admin,
+            "--storage-dir",
+            flag_data.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(admin_of(&ready), flag_admin);
+    assert!(
+        flag_data.join("crosstalk.db").exists(),
+        "--storage-dir not used"
+    );
+    drop(p);
+    // No --config: CROSSTALK_CONFIG names the file.
+    let (_p, ready, _) = serve_ready(&[], &[("CROSSTALK_CONFIG", cfg)]);
+    assert_eq!(admin_of(&ready), format!("127.0.0.1:{file_port}"));
+}
+
+#[test]
+fn config_check_refuses_two_listeners_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    for listen in [
+        "otlp_grpc = \"127.0.0.1:4317\"\notlp_http = \"127.0.0.1:4317\"",
+        "otlp_http = \"0.0.0.0:9477\"\nadmin = \"127.0.0.1:9477\"",
+    ] {
+        std::fs::write(&path, format!("[listen]\n{listen}\n")).unwrap();
+        let out = config_check(&path);
+        assert_eq!(out.status.code(), Some(2), "{listen}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("collides with"), "{err}");
+    }
+    // Port 0 twice is fine: each listener gets its own free port.
+    std::fs::write(&path, config_text(dir.path(), "")).unwrap();
+    assert_eq!(config_check(&path).status.code(), Some(0));
+}
