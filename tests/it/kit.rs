@@ -11,18 +11,19 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
+use crate::alerting::{am_alerts, free_port, start_alertmanager, wait_until};
 use crate::util::*;
 
 /// crosstalk with the `[[watch]]` sections of its embedded default, and nothing else but ports
 /// and storage: what a user gets without writing any watch.
-fn server_on_default_watches() -> Server {
+fn server_on_default_watches(extra: &str) -> Server {
     let out = Command::new(BIN)
         .args(["config", "default"])
         .output()
         .unwrap();
     let default = String::from_utf8(out.stdout).unwrap();
     let watches = &default[default.find("[[watch]]").expect("default has watches")..];
-    Server::start(watches)
+    Server::start(&format!("{extra}\n{watches}"))
 }
 
 /// tests/e2e/kit_backend.py: the example app on a free port, exporting to `server`.
@@ -122,7 +123,11 @@ fn of_watch<'a>(findings: &'a [Json], watch: &str) -> Vec<&'a Json> {
 #[test]
 fn kit_fastapi_singleton_is_found_with_its_origin_and_the_per_request_fix_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = server_on_default_watches();
+    let am_port = free_port();
+    let _am = start_alertmanager(tmp.path(), am_port);
+    let s = server_on_default_watches(&format!(
+        "[alertmanager]\nurl = \"http://127.0.0.1:{am_port}\"\n"
+    ));
     let mut app = App::start("singleton", &s, tmp.path());
     let clients = websocket_users(&app);
     let events = app.stop();
@@ -148,14 +153,37 @@ fn kit_fastapi_singleton_is_found_with_its_origin_and_the_per_request_fix_is_cle
         let f = found[0];
         assert_eq!(f["type"], "shared_instance");
         assert_eq!(f["user_count"], 3, "{f:#}");
+        for e in f["evidence"].as_array().unwrap() {
+            let origin = e["origin"].as_str().unwrap_or_else(|| panic!("{e}"));
+            assert!(
+                origin.starts_with("agent_backend:get_agent_instance_factory:"),
+                "{watch} evidence names the singleton's constructor call: {origin}"
+            );
+        }
     }
     let misdelivered = of_watch(&findings, "event_delivery");
     assert!(!misdelivered.is_empty(), "{findings:#?}");
     assert_eq!(misdelivered[0]["type"], "misdelivered_event");
     let sample = r#"crosstalk_findings_total{type="shared_instance",watch="agent_factory",service="agent-backend"}"#;
     assert_eq!(s.metric(sample), 1.0, "the leak is on /metrics too");
+    let factory_id = of_watch(&findings, "agent_factory")[0]["id"].clone();
+    let mut paged = None;
+    let pushed = wait_until(Duration::from_secs(15), || {
+        paged = am_alerts(am_port)
+            .into_iter()
+            .find(|a| a["labels"]["finding_id"] == factory_id);
+        paged.is_some()
+    });
+    assert!(pushed, "the factory's finding paged through Alertmanager");
+    let origin = paged.unwrap()["annotations"]["origin"].clone();
+    assert!(
+        origin
+            .as_str()
+            .is_some_and(|o| o.starts_with("agent_backend:get_agent_instance_factory:")),
+        "the page says where the singleton is built: {origin}"
+    );
 
-    let fixed = server_on_default_watches();
+    let fixed = server_on_default_watches("");
     let mut app = App::start("per-request", &fixed, tmp.path());
     let clients = websocket_users(&app);
     let events = app.stop();
@@ -187,7 +215,7 @@ fn kit_fastapi_singleton_is_found_with_its_origin_and_the_per_request_fix_is_cle
 /// Thousands of sequential requests, alternating users, each with its own short-lived factory.
 fn alternating_requests(kind: &str) -> Vec<Json> {
     let tmp = tempfile::tempdir().unwrap();
-    let s = server_on_default_watches();
+    let s = server_on_default_watches("");
     let mut app = App::start("per-request", &s, tmp.path());
     for i in 0..2000 {
         let user = if i % 2 == 0 { "alice" } else { "bob" };
@@ -217,4 +245,53 @@ fn kit_ids_survive_address_reuse_where_naive_id_tagging_raises_false_findings() 
     );
     let kit = alternating_requests("kit");
     assert!(kit.is_empty(), "the kit's ids are never reused: {kit:#?}");
+}
+
+/// One OTLP JSON line (the Collector's file exporter format): `user` uses factory `f-1`, made at
+/// the line the kit reported.
+fn factory_span_json(user: &str, trace: u8) -> String {
+    let attr = |k: &str, v: &str| serde_json::json!({"key": k, "value": {"stringValue": v}});
+    serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [attr("service.name", "agent-backend"), attr("service.instance.id", "pod-1")]},
+        "scopeSpans": [{"spans": [{
+            "traceId": format!("{trace:032x}"), "spanId": format!("{trace:016x}"), "name": "op",
+            "startTimeUnixNano": "1767225600000000000", "endTimeUnixNano": "1767225600100000000",
+            "attributes": [
+                attr("user.id", user),
+                attr("agent_factory.instance_id", "f-1"),
+                attr("agent_factory.origin", "app.deps:get_agent_instance_factory:31"),
+            ],
+        }]}],
+    }]})
+    .to_string()
+}
+
+#[test]
+fn check_prints_the_origin_of_a_shared_instance_in_text_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("traces.jsonl");
+    let lines = [factory_span_json("alice", 1), factory_span_json("bob", 2)];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let run = |format: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--format", format])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run("text");
+    assert_eq!(
+        text.matches(" origin=app.deps:get_agent_instance_factory:31")
+            .count(),
+        2,
+        "both evidence lines name the origin: {text}"
+    );
+    let json: Json = serde_json::from_str(&run("json")).unwrap();
+    let evidence = json["findings"][0]["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 2);
+    for e in evidence {
+        assert_eq!(e["origin"], "app.deps:get_agent_instance_factory:31");
+    }
 }
