@@ -125,6 +125,7 @@ fn main() {
                 watched: vec![WatchedId {
                     watch,
                     id: format!("factory-{i:07}-0").into(),
+                    origin: None,
                 }],
                 delivery: None,
             })

@@ -264,7 +264,7 @@ fn print_findings(out: &mut dyn Write, findings: &[Finding]) -> std::io::Result<
         for e in &f.evidence {
             writeln!(
                 out,
-                "    {} at {} via {}{}{}",
+                "    {} at {} via {}{}{}{}",
                 e.user,
                 e.time,
                 e.source,
@@ -275,6 +275,10 @@ fn print_findings(out: &mut dyn Write, findings: &[Finding]) -> std::io::Result<
                 e.connection_id
                     .as_ref()
                     .map(|c| format!(" connection={c}"))
+                    .unwrap_or_default(),
+                e.origin
+                    .as_ref()
+                    .map(|o| format!(" origin={o}"))
                     .unwrap_or_default(),
             )?;
         }

@@ -62,6 +62,19 @@ pub struct Evidence {
     pub connection_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Where the instance was made (`module:function:line`), as the service reported it in the
+    /// watch attribute's companion `.origin` attribute; an instance has one origin, so every
+    /// entry of a finding shows the one reported with the observation that raised or grew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl Evidence {
+    /// This entry, naming where the instance was made (if known).
+    pub fn with_origin(mut self, origin: Option<&str>) -> Self {
+        self.origin = origin.map(str::to_owned);
+        self
+    }
 }
 
 /// A cross-user leak. Field names are a fixed contract.

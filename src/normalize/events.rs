@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{
     Delivery, Extractor, Observation, RejectReason, Resource, Signal, SpanId, TraceId, WatchedId,
+    origin_attribute, origin_value,
 };
 
 /// Why one event could not be used.
@@ -121,9 +122,13 @@ pub fn observe_event_value(
     let mut watched = Vec::new();
     for (key, watches) in ex.watch_keys() {
         if let Some(instance) = id(key)? {
+            let origin = lookup(obj, &origin_attribute(key))
+                .and_then(Value::as_str)
+                .and_then(origin_value);
             watched.extend(watches.iter().map(|&watch| WatchedId {
                 watch,
                 id: instance.clone(),
+                origin: origin.clone(),
             }));
         }
     }
@@ -198,7 +203,7 @@ mod tests {
 
     #[test]
     fn canonical_line_with_foreign_connection_is_a_delivery() {
-        let line = br#"{"time":"2026-01-02T03:04:05.5Z","event":"agent_thinking","user_id":"alice","connection_id":"c9","connection_user_id":"bob","emitter_id":"e1","service.name":"api","run_id":"r1"}"#;
+        let line = br#"{"time":"2026-01-02T03:04:05.5Z","event":"agent_thinking","user_id":"alice","connection_id":"c9","connection_user_id":"bob","emitter_id":"e1","emitter_id.origin":"app.ws:make_emitter:12","service.name":"api","run_id":"r1"}"#;
         let obs = observe_event_line(line, &extractor(""), 0).unwrap();
         assert_eq!(obs.user.as_deref(), Some("alice"));
         let d = obs.delivery.as_ref().unwrap();
@@ -209,7 +214,8 @@ mod tests {
             obs.watched,
             vec![WatchedId {
                 watch: 0,
-                id: "e1".into()
+                id: "e1".into(),
+                origin: Some("app.ws:make_emitter:12".into()),
             }]
         );
         assert_eq!(obs.start_ns, 1_767_323_045_500_000_000);

@@ -160,6 +160,38 @@ pub struct WatchedId {
     /// Index into the config's watches.
     pub watch: u16,
     pub id: Box<str>,
+    /// Where the service says the instance was made (its companion [`origin_attribute`]),
+    /// at most [`MAX_ORIGIN_BYTES`]; shown in evidence, never used to judge.
+    pub origin: Option<Box<str>>,
+}
+
+/// Longest origin kept; longer ones are cut at a character boundary (they are display text).
+pub const MAX_ORIGIN_BYTES: usize = 256;
+
+/// The companion attribute naming where an instance was made: `.instance_id`, or else `.id`,
+/// at the end replaced by `.origin` (`agent_factory.instance_id` → `agent_factory.origin`,
+/// `websocket.emitter.id` → `websocket.emitter.origin`), any other name with `.origin`
+/// appended. The Python kit (`clients/python`, `origin_attribute`) applies the same rule.
+pub fn origin_attribute(attribute: &str) -> String {
+    for suffix in [".instance_id", ".id"] {
+        if let Some(stem) = attribute.strip_suffix(suffix).filter(|s| !s.is_empty()) {
+            return format!("{stem}.origin");
+        }
+    }
+    format!("{attribute}.origin")
+}
+
+/// `value` as an origin: cut to [`MAX_ORIGIN_BYTES`]; None if empty or holding control
+/// characters (an origin is only ever displayed, so a bad one is dropped, not the record).
+pub fn origin_value(value: &str) -> Option<Box<str>> {
+    if value.is_empty() || has_control_chars(value) {
+        return None;
+    }
+    let mut end = value.len().min(MAX_ORIGIN_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(value[..end].into())
 }
 
 /// The WebSocket delivery facts of an event (from an event line or an OTLP log record).
@@ -359,7 +391,9 @@ pub struct Extractor {
     tenant_keys: KeyMap<usize>,
     /// Attribute key → the watches reading it.
     watch_keys: KeyMap<Vec<u16>>,
-    /// Every key in the three maps above: most attributes are none of them, and one lookup
+    /// Companion origin attribute → the watches whose ids it describes.
+    origin_keys: KeyMap<Vec<u16>>,
+    /// Every key in the four maps above: most attributes are none of them, and one lookup
     /// tells so (the zero-copy reader then never even formats the value).
     read_keys: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     pub max_id_bytes: usize,
@@ -377,9 +411,14 @@ impl Extractor {
                 .collect::<KeyMap<_>>()
         };
         let mut watch_keys: KeyMap<Vec<u16>> = KeyMap::default();
+        let mut origin_keys: KeyMap<Vec<u16>> = KeyMap::default();
         for (i, w) in config.watches.iter().enumerate() {
             watch_keys
                 .entry(w.attribute.clone())
+                .or_default()
+                .push(i as u16);
+            origin_keys
+                .entry(origin_attribute(&w.attribute))
                 .or_default()
                 .push(i as u16);
         }
@@ -387,12 +426,14 @@ impl Extractor {
         let tenant_keys = rank(&config.identity.tenant_attributes);
         let read_keys = (user_keys.keys().chain(tenant_keys.keys()))
             .chain(watch_keys.keys())
+            .chain(origin_keys.keys())
             .map(|k| k.as_bytes().into())
             .collect();
         Extractor {
             user_keys,
             tenant_keys,
             watch_keys,
+            origin_keys,
             read_keys,
             max_id_bytes: config.limits.max_id_bytes,
             max_attributes: config.limits.max_attributes_per_span,
@@ -426,7 +467,10 @@ pub fn has_control_chars(id: &str) -> bool {
 pub(crate) struct AttributeScan {
     user: Option<(usize, Box<str>)>,
     tenant: Option<(usize, Box<str>)>,
-    pub watched: Vec<WatchedId>,
+    watched: Vec<WatchedId>,
+    /// Origins seen, by watch; joined to the ids by [`AttributeScan::watched`] (the two
+    /// attributes may come in either order).
+    origins: Vec<(u16, Box<str>)>,
     /// The key of the first user, tenant or watched attribute longer than `max_id_bytes`.
     pub too_long: Option<Box<str>>,
     /// The key of the first user, tenant or watched id holding control characters (NUL...).
@@ -439,6 +483,13 @@ impl AttributeScan {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return;
         };
+        if let Some(watches) = ex.origin_keys.get(key) {
+            if let Some(origin) = origin_value(value) {
+                self.origins
+                    .extend(watches.iter().map(|&w| (w, origin.clone())));
+            }
+            return;
+        }
         if ex.reads(key.as_bytes()) && has_control_chars(value) {
             self.control_chars.get_or_insert_with(|| key.into());
             return;
@@ -466,9 +517,23 @@ impl AttributeScan {
                 self.watched.push(WatchedId {
                     watch,
                     id: value.into(),
+                    origin: None,
                 });
             }
         }
+    }
+
+    /// The watched ids found, each with its origin if one came along.
+    pub fn watched(&mut self) -> Vec<WatchedId> {
+        let mut watched = std::mem::take(&mut self.watched);
+        if !self.origins.is_empty() {
+            for w in &mut watched {
+                w.origin = (self.origins.iter())
+                    .find(|(watch, _)| *watch == w.watch)
+                    .map(|(_, o)| o.clone());
+            }
+        }
+        watched
     }
 
     pub fn user(&mut self) -> Option<Box<str>> {

@@ -196,7 +196,7 @@ pub(crate) fn span_observation(
         resource: resource.clone(),
         user: scan.user(),
         tenant: scan.tenant(),
-        watched: scan.watched,
+        watched: scan.watched(),
         delivery: None,
     };
     worth_keeping(&obs).then_some(obs)
@@ -279,7 +279,7 @@ pub fn observe_logs(
                     resource: resource.clone(),
                     user: scan.user().or(event_user),
                     tenant: scan.tenant().or(event_tenant),
-                    watched: scan.watched,
+                    watched: scan.watched(),
                     delivery: is_delivery.then(|| Box::new(delivery)),
                 };
                 if worth_keeping(&obs) {
@@ -369,6 +369,46 @@ mod tests {
             "service.instance.id=pod-1|service.name=api"
         );
         assert_eq!(tally.items, 1);
+    }
+
+    #[test]
+    fn origin_is_carried_with_its_watched_id_and_bounded() {
+        let long = "m:f:1".repeat(100);
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![
+                kv("user.id", "alice"),
+                kv("websocket.emitter.origin", &long),
+                kv("websocket.emitter.id", "e1"),
+                kv("agent_factory.instance_id", "f1"),
+            ],
+            ..Default::default()
+        };
+        let req = request(vec![], vec![span]);
+        let obs = observe_traces(&req, &extractor(), 99, &mut Tally::default());
+        let origin = |id: &str| {
+            let w = obs[0].watched.iter().find(|w| &*w.id == id).unwrap();
+            w.origin.as_deref().map(str::len)
+        };
+        assert_eq!(origin("e1"), Some(crate::normalize::MAX_ORIGIN_BYTES));
+        assert_eq!(origin("f1"), None, "no agent_factory.origin was sent");
+    }
+
+    #[test]
+    fn origin_attribute_naming_rule() {
+        use crate::normalize::origin_attribute;
+        assert_eq!(
+            origin_attribute("agent_factory.instance_id"),
+            "agent_factory.origin"
+        );
+        assert_eq!(
+            origin_attribute("websocket.emitter.id"),
+            "websocket.emitter.origin"
+        );
+        assert_eq!(origin_attribute("session.id"), "session.origin");
+        assert_eq!(origin_attribute("emitter_id"), "emitter_id.origin");
+        assert_eq!(origin_attribute(".id"), ".id.origin");
     }
 
     #[test]

@@ -113,6 +113,28 @@ fn typical_request_reads_the_same_as_prost() {
 }
 
 #[test]
+fn origin_comes_with_its_id_in_either_order_like_prost() {
+    let mut span = user_span();
+    span.attributes
+        .insert(0, kv("agent_factory.origin", s("app:get_factory:7")));
+    span.attributes
+        .push(kv("session.origin", s("bad\u{0}origin")));
+    let bytes = one_span(vec![], span).encode_to_vec();
+    let ex = extractor();
+    let got = fast(&bytes, &ex).expect("valid");
+    let watched = &got.0[0].watched;
+    let factory = watched.iter().find(|w| &*w.id == "-42").unwrap();
+    assert_eq!(factory.origin.as_deref(), Some("app:get_factory:7"));
+    let session = watched.iter().find(|w| &*w.id == "ab01").unwrap();
+    assert_eq!(
+        session.origin, None,
+        "an origin with control characters is dropped"
+    );
+    assert_eq!(got.1.rejected_total(), 0, "not the span");
+    assert_eq!(Some(got), reference(&bytes, &ex));
+}
+
+#[test]
 fn error_leaves_the_tally_untouched() {
     let mut bytes = one_span(vec![], user_span()).encode_to_vec();
     bytes.truncate(bytes.len() - 1);
@@ -249,7 +271,9 @@ fn key() -> impl Strategy<Value = String> {
             "tenant.id",
             "org.id",
             "agent_factory.instance_id",
+            "agent_factory.origin",
             "session.id",
+            "session.origin",
             "service.name",
             "service.namespace",
             "service.instance.id",

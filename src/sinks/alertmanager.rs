@@ -193,7 +193,7 @@ impl AlertSender {
         } else {
             now + 4 * self.config.resend_interval.as_nanos() as u64
         };
-        json!([{
+        let mut alert = json!({
             "labels": {
                 "alertname": alertname,
                 "watch": f.watch,
@@ -214,7 +214,11 @@ impl AlertSender {
             "startsAt": f.detected_at,
             "endsAt": rfc3339(ends),
             "generatorURL": link,
-        }])
-        .to_string()
+        });
+        // Where the shared instance was made, when the service reported it (the kit does).
+        if let Some(origin) = f.evidence.iter().find_map(|e| e.origin.as_deref()) {
+            alert["annotations"]["origin"] = json!(origin);
+        }
+        json!([alert]).to_string()
     }
 }

@@ -31,7 +31,7 @@ impl Drop for Proc {
     }
 }
 
-fn start_alertmanager(dir: &Path, port: u16) -> Proc {
+pub(crate) fn start_alertmanager(dir: &Path, port: u16) -> Proc {
     let config = dir.join("alertmanager.yml");
     std::fs::write(
         &config,
@@ -108,7 +108,7 @@ pub(crate) fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> boo
     false
 }
 
-fn am_alerts(port: u16) -> Vec<Value> {
+pub(crate) fn am_alerts(port: u16) -> Vec<Value> {
     let r = get(&format!("http://127.0.0.1:{port}/api/v2/alerts"));
     if r.status != 200 {
         return Vec::new();

@@ -12,6 +12,7 @@ mod events;
 mod evidence;
 mod gate;
 mod hostile;
+mod kit;
 mod operator;
 mod otlp;
 mod span_times;

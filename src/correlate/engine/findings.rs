@@ -115,6 +115,7 @@ impl Engine {
             .iter()
             .map(|u| self.evidence(&u.user, u.tenant.as_deref(), u.first, None))
             .chain([self.evidence(&current_user, current_tenant, s.seed, None)])
+            .map(|e| e.with_origin(s.origin))
             .collect();
         record.absorb(
             uses.iter().map(|u| &*u.user),
@@ -149,6 +150,7 @@ impl Engine {
                 let current = this_use.is_some_and(|t| t.user == u.user);
                 let seed = if current { s.seed } else { u.first };
                 self.evidence(&u.user, u.tenant.as_deref(), seed, None)
+                    .with_origin(s.origin)
             })
             .collect();
         let Some(record) = self.findings.get_mut(id) else {
@@ -286,6 +288,7 @@ impl Engine {
             connection_id: own(delivery.and_then(|d| d.connection_id.as_deref())),
             connection_user: own(delivery.and_then(|d| d.connection_user.as_deref())),
             run_id: own(delivery.and_then(|d| d.run_id.as_deref())),
+            origin: None,
         }
     }
 

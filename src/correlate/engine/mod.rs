@@ -414,6 +414,7 @@ impl Engine {
                 key,
                 obs,
                 seed: Seed::of(obs, obs_scope),
+                origin: watched.origin.as_deref(),
                 user: user.clone().unwrap_or_else(|| Arc::from("unknown")),
                 tenant: tenant.clone(),
                 received,

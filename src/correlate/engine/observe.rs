@@ -22,6 +22,8 @@ pub(super) struct Sighting<'a> {
     pub key: InstanceKey,
     pub obs: &'a Observation,
     pub seed: Seed,
+    /// Where the service says the instance was made, for evidence.
+    pub origin: Option<&'a str>,
     pub user: Arc<str>,
     pub tenant: Option<Arc<str>>,
     pub received: Received,

@@ -56,7 +56,12 @@ impl Engine {
         obs: &Observation,
         seed: Seed,
     ) -> ClusterCheck {
-        let evidence = self.evidence(&u.user, u.tenant.as_deref(), seed, Some(obs));
+        let origin = (obs.watched.iter())
+            .find(|w| w.watch == key.watch && w.id == key.id)
+            .and_then(|w| w.origin.as_deref());
+        let evidence = self
+            .evidence(&u.user, u.tenant.as_deref(), seed, Some(obs))
+            .with_origin(origin);
         self.check_of(key, u, (obs.start_ns, obs.end_ns), evidence, &obs.resource)
     }
 

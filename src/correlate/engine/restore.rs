@@ -29,6 +29,9 @@ struct ParkedRow {
     user: Option<String>,
     tenant: Option<String>,
     watched: Vec<(String, String)>,
+    /// The origins of `watched`, in the same order (absent in rows of older releases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    origins: Vec<Option<String>>,
     delivery: Option<DeliveryForm>,
 }
 
@@ -98,6 +101,11 @@ impl Engine {
                     )
                 })
                 .collect(),
+            origins: if obs.watched.iter().any(|w| w.origin.is_some()) {
+                obs.watched.iter().map(|w| own(&w.origin)).collect()
+            } else {
+                Vec::new()
+            },
             delivery: obs.delivery.as_deref().map(|d| {
                 DeliveryForm::Named(DeliveryRow {
                     event: own(&d.event),
@@ -114,13 +122,16 @@ impl Engine {
     fn observation_of(&self, row: &str) -> Option<Observation> {
         let row: ParkedRow = serde_json::from_str(row).ok()?;
         let boxed = |v: Option<String>| v.map(String::into_boxed_str);
+        let mut origins = row.origins.into_iter();
         let watched = row
             .watched
             .into_iter()
             .filter_map(|(name, id)| {
+                let origin = origins.next().flatten();
                 Some(WatchedId {
                     watch: self.watch_index(&name)?,
                     id: id.into(),
+                    origin: origin.map(String::into_boxed_str),
                 })
             })
             .collect();

@@ -1,5 +1,6 @@
 //! How findings grow: tenants and boundaries, escalation to `critical` across tenants (locally
-//! and through cluster verdicts), and `last_seen` written back.
+//! and through cluster verdicts), `last_seen` written back, and the instance's origin in every
+//! evidence entry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,6 +139,7 @@ pub(crate) fn remote_use(user: &str, tenant: &str, first_s: u64, last_s: u64) ->
         connection_id: None,
         connection_user: None,
         run_id: None,
+        origin: None,
     };
     RemoteUse {
         user: user.into(),
@@ -243,4 +245,25 @@ fn misdelivery_across_tenants_is_flagged_as_such() {
     let within = by_conn("c2");
     assert!(!within.cross_tenant);
     assert_eq!(within.tenants, ["acme"]);
+}
+
+#[test]
+fn every_evidence_entry_names_the_origin_reported_with_the_instance() {
+    let with_origin = |user: &str, s: u64| {
+        let mut o = obs(Some(user), None, "f1", s, s + 1, "p1");
+        o.watched[0].origin = Some("app:get_factory:7".into());
+        o
+    };
+    let uses = vec![
+        obs(Some("alice"), None, "f1", 1, 2, "p1"), // an older span, sent without origin
+        with_origin("bob", 10),
+        with_origin("carol", 20), // grows the finding
+    ];
+    let (_, findings) = run(&config("exclusive", "process", "user"), uses);
+    let f = &findings[0].finding;
+    assert_eq!(f.users, ["alice", "bob", "carol"]);
+    assert!(f.evidence.len() >= 3, "{:?}", f.evidence);
+    for e in &f.evidence {
+        assert_eq!(e.origin.as_deref(), Some("app:get_factory:7"), "{e:?}");
+    }
 }

@@ -46,6 +46,7 @@ pub(super) fn obs(
         watched: vec![WatchedId {
             watch: 0,
             id: id.into(),
+            origin: None,
         }],
         delivery: None,
     }
