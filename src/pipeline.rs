@@ -356,7 +356,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         // The cluster sink runs on the engine thread: the one place a test can inject a fault.
         let sink: ClusterSink = Box::new(|_| panic!("injected fault"));
-        let (ingest, control) = spawn(engine, store, 4, metrics, Some(sink));
+        let (_verdict_tx, verdicts) = tokio::sync::mpsc::channel(1);
+        let link = ClusterLink {
+            checks: sink,
+            verdicts,
+        };
+        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link));
         let mut identity = BTreeMap::new();
         identity.insert("service.name".to_owned(), "api".to_owned());
         let observation = Observation {
@@ -371,6 +376,7 @@ mod tests {
             watched: vec![WatchedId {
                 watch: 0,
                 id: "i-1".into(),
+                origin: None,
             }],
             delivery: None,
         };
@@ -382,7 +388,6 @@ mod tests {
             transport: "test",
             items: 1,
             checkpoint: None,
-            remote: Vec::new(),
             ack: Some(tx),
         };
         ingest.submit(batch).unwrap();
