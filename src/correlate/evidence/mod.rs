@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use counter::item_hash;
 pub use verdict::{Inputs, Verdict, judge};
 pub use window::Seen;
-use window::{BUCKETS, Ring, Tally};
+use window::{BUCKETS, Recent, Ring, Tally};
 
 use super::finding::rfc3339;
 
@@ -64,6 +64,8 @@ struct Pair {
     last_finding_s: Option<u64>,
     /// `last_s` as last handed out for persisting.
     persisted_s: Option<u64>,
+    /// Hashes counted in the current bucket; allocated at the first observation.
+    recent: Option<Recent>,
 }
 
 /// Evidence for every configured watch. See the module doc.
@@ -73,7 +75,7 @@ pub struct Evidence {
     bucket_s: u64,
     watches: Vec<WatchInfo>,
     /// Per watch index: service → pair.
-    pairs: Vec<HashMap<Box<str>, Pair>>,
+    pairs: Vec<HashMap<Box<str>, Pair, foldhash::fast::RandomState>>,
     pair_count: usize,
     overflowed: u64,
 }
@@ -135,7 +137,7 @@ impl Evidence {
         Evidence {
             window_s,
             bucket_s: window_s.div_ceil(BUCKETS),
-            pairs: watches.iter().map(|_| HashMap::new()).collect(),
+            pairs: watches.iter().map(|_| HashMap::default()).collect(),
             watches,
             pair_count: 0,
             overflowed: 0,
@@ -150,18 +152,20 @@ impl Evidence {
     fn pair(&mut self, watch: u16, service: &str) -> Option<&mut Pair> {
         let w = watch as usize;
         let map = self.pairs.get_mut(w)?;
-        if !map.contains_key(service) {
-            let service = if self.pair_count < MAX_PAIRS {
-                service
-            } else {
-                self.overflowed += 1;
-                OTHER_SERVICE
-            };
-            if !map.contains_key(service) {
-                self.pair_count += 1;
-                map.insert(service.into(), Pair::default());
-            }
+        // Two cheap (foldhash) lookups: returning `get_mut`'s borrow and inserting after a miss
+        // is what the borrow checker rejects.
+        if map.contains_key(service) {
             return map.get_mut(service);
+        }
+        let service = if self.pair_count < MAX_PAIRS {
+            service
+        } else {
+            self.overflowed += 1;
+            OTHER_SERVICE
+        };
+        if !map.contains_key(service) {
+            self.pair_count += 1;
+            map.insert(service.into(), Pair::default());
         }
         map.get_mut(service)
     }
@@ -172,8 +176,10 @@ impl Evidence {
         let Some(p) = self.pair(watch, service) else {
             return;
         };
-        p.lifetime.add(seen);
-        p.ring.record(epoch, seen);
+        // Both tallies take the same items: an item counted in this bucket is in the lifetime's.
+        let fresh = p.recent.get_or_insert_with(Recent::new).fresh(epoch, seen);
+        p.lifetime.add(seen, fresh);
+        p.ring.record(epoch, seen, fresh);
         p.first_s = Some(p.first_s.map_or(now_s, |f| f.min(now_s)));
         p.last_s = Some(p.last_s.map_or(now_s, |l| l.max(now_s)));
     }

@@ -29,11 +29,16 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, seen: &Seen) {
+    /// Count `seen`; `fresh`: whether its instance and user are not yet known to have been
+    /// counted in this bucket (a known one is skipped: the distinct counters hold it already).
+    pub fn add(&mut self, seen: &Seen, fresh: Fresh) {
         self.observations += 1;
-        self.instances.insert(seen.instance);
+        if fresh.instance {
+            self.instances.insert(seen.instance);
+        }
         match seen.user {
-            Some(u) => self.users.insert(u),
+            Some(u) if fresh.user => self.users.insert(u),
+            Some(_) => {}
             None => self.unattributed += 1,
         }
         self.max_users_per_instance = self.max_users_per_instance.max(seen.users_of_instance);
@@ -59,6 +64,55 @@ impl Tally {
     }
 }
 
+/// Which parts of a [`Seen`] still need counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fresh {
+    pub instance: bool,
+    pub user: bool,
+}
+
+/// Slots of [`Recent`]: repeat sightings of up to about this many instances (and users) per
+/// bucket skip the distinct counters, whose inserts cost far more than a slot compare.
+const RECENT_SLOTS: usize = 1024;
+
+/// A direct-mapped memo of hashes already counted in the current bucket (16 KiB per pair). A
+/// hit is exact (the whole 64-bit hash matches); a miss only costs the insert it would anyway.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    epoch: u64,
+    instances: Box<[u64; RECENT_SLOTS]>,
+    users: Box<[u64; RECENT_SLOTS]>,
+}
+
+impl Recent {
+    pub fn new() -> Self {
+        Recent {
+            epoch: u64::MAX,
+            instances: Box::new([0; RECENT_SLOTS]),
+            users: Box::new([0; RECENT_SLOTS]),
+        }
+    }
+
+    /// What of `seen` is new to the bucket of `epoch`, remembering it from now on.
+    pub fn fresh(&mut self, epoch: u64, seen: &Seen) -> Fresh {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.instances.fill(0);
+            self.users.fill(0);
+        }
+        let remember = |slots: &mut [u64; RECENT_SLOTS], h: u64| {
+            let slot = &mut slots[(h % RECENT_SLOTS as u64) as usize];
+            let hit = *slot == h && h != 0;
+            *slot = h;
+            !hit
+        };
+        Fresh {
+            instance: remember(&mut self.instances, seen.instance),
+            user: seen.user.is_some_and(|u| remember(&mut self.users, u)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Bucket {
     epoch: u64,
@@ -73,7 +127,7 @@ pub struct Ring {
 
 impl Ring {
     /// Count `seen` in the bucket of `epoch` (time / bucket width), recycling a stale bucket.
-    pub fn record(&mut self, epoch: u64, seen: &Seen) {
+    pub fn record(&mut self, epoch: u64, seen: &Seen, fresh: Fresh) {
         if self.buckets.is_empty() {
             self.buckets = vec![Bucket::default(); BUCKETS as usize];
         }
@@ -82,7 +136,7 @@ impl Ring {
             b.epoch = epoch;
             b.tally = Tally::default();
         }
-        b.tally.add(seen);
+        b.tally.add(seen, fresh);
     }
 
     /// The buckets of the window ending with `now_epoch`, merged.
