@@ -424,6 +424,7 @@ fn a_file_that_only_moves_the_ports_keeps_the_default_watches() {
     let found = s.findings();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["watch"], "agent_factory");
+    drop(s); // the storage directory is locked while it runs
 
     // `watch = []` is the explicit way to watch nothing, and it is said out loud.
     let none = dir.path().join("none.toml");
