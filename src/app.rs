@@ -15,7 +15,7 @@ use crate::auth::BearerToken;
 use crate::config::{Config, UserIds};
 use crate::correlate::Engine;
 use crate::normalize::Extractor;
-use crate::pipeline::{self, EngineControl};
+use crate::pipeline::{self, EngineControl, EnginePanicked};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::alertmanager::AlertSender;
 use crate::sources::IngestContext;
@@ -37,6 +37,11 @@ pub enum StartError {
     Token(#[from] crate::auth::TokenError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot read or write the cluster node id (node.id) in {dir}: {source}")]
+    NodeId {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {name} address {addr}: {source}")]
     Bind {
         name: &'static str,
@@ -126,9 +131,8 @@ impl App {
             let (verdict_tx, verdicts) = tokio::sync::mpsc::channel(pipeline::VERDICT_CAPACITY);
             cluster_link = Some(pipeline::ClusterLink { checks, verdicts });
             let node_id = crate::cluster::node_id(&config.storage_dir).map_err(|source| {
-                StartError::Bind {
-                    name: "cluster",
-                    addr: config.listen.admin,
+                StartError::NodeId {
+                    dir: config.storage_dir.clone(),
                     source,
                 }
             })?;
@@ -271,7 +275,7 @@ impl App {
     }
 
     /// Run until the shutdown token is cancelled, then shut down.
-    pub async fn run_until_shutdown(self) -> Option<Engine> {
+    pub async fn run_until_shutdown(self) -> Result<Engine, StopError> {
         self.shutdown.cancelled().await;
         self.stop(false).await
     }
@@ -280,7 +284,7 @@ impl App {
     /// let the engine take what is queued and commit it. Gives up after the grace period.
     /// `settle`: judge observations still waiting for their trace's user now rather than keep
     /// them for the next start.
-    pub async fn stop(mut self, settle: bool) -> Option<Engine> {
+    pub async fn stop(mut self, settle: bool) -> Result<Engine, StopError> {
         let deadline = Instant::now() + self.grace;
         self.shutdown.cancel();
         let servers = async { while self.servers.join_next().await.is_some() {} };
@@ -299,11 +303,18 @@ impl App {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(500));
         match tokio::time::timeout(left, finish).await {
-            Ok(Ok(engine)) => engine,
-            _ => {
-                tracing::warn!("engine did not finish within the grace period");
-                None
-            }
+            Ok(Ok(finished)) => Ok(finished?),
+            Ok(Err(join)) => Err(EnginePanicked(join.to_string()).into()),
+            Err(_) => Err(StopError::Timeout(self.grace)),
         }
     }
+}
+
+/// Why a shutdown did not end with the engine's state committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error(transparent)]
+    Panicked(#[from] EnginePanicked),
+    #[error("the engine did not finish within the grace period ({0:?})")]
+    Timeout(Duration),
 }

@@ -18,6 +18,8 @@ pub const EXIT_FINDINGS: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// A watch named by `--expect` saw no observation (a leak, exit 1, wins over it).
 pub const EXIT_UNOBSERVED: u8 = 3;
+/// `serve` ended without committing its state (an engine panic, a stop past the grace).
+pub const EXIT_FAILURE: u8 = 1;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -289,9 +291,17 @@ async fn serve(config: Config) -> ExitCode {
         tracing::info!("shutting down");
         token.cancel();
     });
-    app.run_until_shutdown().await;
-    tracing::info!("stopped");
-    ExitCode::from(EXIT_OK)
+    match app.run_until_shutdown().await {
+        Ok(_) => {
+            tracing::info!("stopped");
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped uncleanly");
+            eprintln!("crosstalk: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -346,19 +356,20 @@ async fn run_command(
         Ok(s) => s,
         Err(e) => {
             eprintln!("crosstalk: cannot run `{}`: {e}", command[0]);
-            app.stop(true).await;
+            let _ = app.stop(true).await;
             return ExitCode::from(EXIT_USAGE);
         }
     };
     tokio::time::sleep(grace).await;
-    let engine = app.stop(true).await;
-    let outcome = match engine.as_ref() {
-        Some(e) => gate::Outcome::of(e),
-        None => gate::Outcome {
-            findings: Vec::new(),
-            watches: Vec::new(),
-        },
+    // Without the engine there is no verdict: "no findings" would be a false all-clear.
+    let engine = match app.stop(true).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
+    let outcome = gate::Outcome::of(&engine);
     let verdict = finish(&outcome, format, &expect);
     if !status.success() {
         eprintln!("crosstalk: `{}` failed ({status})", command.join(" "));

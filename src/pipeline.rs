@@ -152,12 +152,25 @@ impl EngineControl {
     /// Stop and wait for the engine (blocking). `settle`: judge observations still waiting for
     /// their trace's user now (a `run` that ends), instead of keeping them in the store for the
     /// next start (a sidecar restarting).
-    pub fn finish(self, settle: bool) -> Option<Engine> {
+    pub fn finish(self, settle: bool) -> Result<Engine, EnginePanicked> {
         self.settle_on_stop.store(settle, Ordering::Release);
         self.stop();
-        self.join.join().ok()
+        self.join.join().map_err(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            EnginePanicked(message)
+        })
     }
 }
+
+/// The engine thread died of a panic (a bug): what it held since its last commit is lost, and
+/// `serve` must not exit as if it had stopped cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine thread panicked: {0}")]
+pub struct EnginePanicked(pub String);
 
 /// Start the engine thread. It runs until [`EngineControl::stop`] or until every
 /// [`IngestHandle`] is dropped.
@@ -320,5 +333,71 @@ impl EngineWorker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::normalize::{Resource, Signal, WatchedId};
+
+    /// Defect 6: a panic on the engine thread comes back as a panic with its message (it used
+    /// to be `None`, which `serve` reported as a slow stop and exited 0 on).
+    #[test]
+    fn engine_thread_panic_is_reported_as_a_panic() {
+        let cfg = Config::from_toml("[[watch]]\nname=\"w\"\nattribute=\"a\"\nscope=\"global\"\n")
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let engine = Engine::new(&cfg, metrics.clone()).with_cluster();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // The cluster sink runs on the engine thread: the one place a test can inject a fault.
+        let sink: ClusterSink = Box::new(|_| panic!("injected fault"));
+        let (_verdicts_tx, verdicts) = tokio::sync::mpsc::channel(1);
+        let link = ClusterLink {
+            checks: sink,
+            verdicts,
+        };
+        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link));
+        let mut identity = BTreeMap::new();
+        identity.insert("service.name".to_owned(), "api".to_owned());
+        let observation = Observation {
+            signal: Signal::Span,
+            start_ns: 1,
+            end_ns: 2,
+            trace_id: None,
+            span_id: None,
+            resource: Arc::new(Resource::from_identity(identity, None, None)),
+            user: Some("alice".into()),
+            tenant: None,
+            watched: vec![WatchedId {
+                watch: 0,
+                id: "i-1".into(),
+            }],
+            delivery: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            observations: vec![observation],
+            received: Received::now(),
+            signal: "traces",
+            transport: "test",
+            items: 1,
+            checkpoint: None,
+            ack: Some(tx),
+        };
+        ingest.submit(batch).unwrap();
+        assert_eq!(
+            rx.blocking_recv().unwrap(),
+            Ok(()),
+            "committed before the sink ran"
+        );
+        let Err(err) = control.finish(false) else {
+            panic!("the panic went unreported");
+        };
+        assert!(err.to_string().contains("injected fault"), "{err}");
     }
 }

@@ -201,3 +201,24 @@ fn user_hash_without_the_sidecars_key_refuses_instead_of_inventing_one() {
     assert!(first.starts_with("u_"), "{first}");
     assert_eq!(first, hash());
 }
+
+/// Defect 4: a node id file that cannot be written is reported as what it is, not as a bind
+/// error on the admin address.
+#[test]
+fn unwritable_node_id_is_reported_as_such_not_as_a_bind_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the file should be: reading and writing it both fail.
+    std::fs::create_dir_all(dir.path().join("data/node.id")).unwrap();
+    let config = dir.path().join("c.toml");
+    let cluster = "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n";
+    std::fs::write(&config, crate::util::config_text(dir.path(), cluster)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node id") && err.contains("node.id"), "{err}");
+    assert!(!err.contains("cannot listen"), "{err}");
+}
