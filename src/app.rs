@@ -107,17 +107,27 @@ impl App {
             store
         };
         let outbox = Arc::new(store.outbox()?);
-        let mut engine = Engine::new(&config, metrics.clone());
-        if config.privacy.user_ids == UserIds::Hmac {
-            engine = engine.with_pseudonyms(pseudonyms.clone());
-        }
+        let fresh_engine = {
+            let (config, metrics, pseudonyms) =
+                (config.clone(), metrics.clone(), pseudonyms.clone());
+            move || {
+                let mut engine = Engine::new(&config, metrics.clone());
+                if config.privacy.user_ids == UserIds::Hmac {
+                    engine = engine.with_pseudonyms(pseudonyms.clone());
+                }
+                if config.cluster.is_some() {
+                    engine = engine.with_cluster();
+                }
+                engine
+            }
+        };
+        let mut engine = fresh_engine();
         engine.restore(restored);
         let evidence = engine.watch_evidence();
         tracing::info!(instances = engine.tracked_instances(), "state restored");
         let mut cluster = None;
         let mut cluster_link: Option<pipeline::ClusterLink> = None;
         if let Some(c) = &config.cluster {
-            engine = engine.with_cluster();
             let (tx, rx) = tokio::sync::mpsc::channel(c.max_pending);
             let dropped = metrics.cluster_dropped.clone();
             // Full-policy: drop and count; the coordinator's own queue is the bounded buffer.
@@ -145,6 +155,11 @@ impl App {
             config.limits.queue_capacity,
             metrics.clone(),
             cluster_link,
+            Some(Box::new(move |store: &Store| {
+                let mut engine = fresh_engine();
+                engine.restore(store.restore()?);
+                Ok(engine)
+            })),
         );
 
         let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;

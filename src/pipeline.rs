@@ -7,6 +7,9 @@
 //! their effects and file checkpoints in one transaction (group commit), and only then
 //! acknowledges each producer. Nothing acknowledged is ever lost to a crash. Cluster verdicts
 //! reach the engine on a path of their own ([`Verdict`], [`VERDICT_CAPACITY`]).
+//! When a commit fails (a full disk), every batch of the group is answered with the error
+//! (503 / `UNAVAILABLE`) and the engine is reloaded from what the store committed, undoing them
+//! all: a retry is judged again instead of being taken as already known.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +114,11 @@ impl IngestHandle {
     }
 }
 
+/// Builds the engine afresh from what the store has committed: after a failed commit, the
+/// in-memory effects of every batch in the group (and of the ticks before it) are undone by
+/// replacing the engine with one restored from the store, so a retry is judged again.
+pub type Rebuild = Box<dyn FnMut(&Store) -> Result<Engine, crate::store::StoreError> + Send>;
+
 /// Receives the new global bindings each commit made, for Redis to judge.
 pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 
@@ -180,6 +188,7 @@ pub fn spawn(
     capacity: usize,
     metrics: Arc<Metrics>,
     cluster: Option<ClusterLink>,
+    rebuild: Option<Rebuild>,
 ) -> (IngestHandle, EngineControl) {
     let (tx, rx) = sync_channel(capacity);
     let label = QueueLabels {
@@ -197,12 +206,14 @@ pub fn spawn(
     let popped = metrics.queue_popped.get_or_create(&label).clone();
     let stop = Arc::new(AtomicBool::new(false));
     let settle_on_stop = Arc::new(AtomicBool::new(false));
+    metrics.store_healthy.set(1);
     let worker = EngineWorker {
         engine,
         store,
         metrics,
         popped,
         cluster,
+        rebuild,
         stop: stop.clone(),
         settle_on_stop: settle_on_stop.clone(),
     };
@@ -226,6 +237,7 @@ struct EngineWorker {
     metrics: Arc<Metrics>,
     popped: Counter,
     cluster: Option<ClusterLink>,
+    rebuild: Option<Rebuild>,
     stop: Arc<AtomicBool>,
     settle_on_stop: Arc<AtomicBool>,
 }
@@ -264,6 +276,19 @@ impl EngineWorker {
         }
     }
 
+    /// Forget everything not committed: the engine becomes what the store holds. Every batch of
+    /// the failed group is answered with the error, so each retry is judged again (and a
+    /// conflict whose commit failed still becomes a finding once the store takes writes).
+    fn undo(&mut self) {
+        let Some(rebuild) = self.rebuild.as_mut() else {
+            return;
+        };
+        match rebuild(&self.store) {
+            Ok(engine) => self.engine = engine.with_evidence(self.engine.watch_evidence()),
+            Err(e) => tracing::error!(error = %e, "cannot reload the engine from the store"),
+        }
+    }
+
     fn process(&mut self, group: &mut Vec<Batch>, stopping: bool) {
         let mut fx = Effects::default();
         let mut checkpoints = Vec::new();
@@ -295,9 +320,17 @@ impl EngineWorker {
             .store
             .commit(&fx, &checkpoints, now.wall_ns)
             .map_err(|e| {
-                StoreCommitFailed { error: &e }.emit(&self.metrics);
+                StoreCommitFailed {
+                    error: &e,
+                    dir: self.store.dir(),
+                }
+                .emit(&self.metrics);
                 e.to_string()
             });
+        self.metrics.store_healthy.set(i64::from(result.is_ok()));
+        if result.is_err() {
+            self.undo();
+        }
         for batch in group.drain(..) {
             if result.is_ok() {
                 ItemsReceived {

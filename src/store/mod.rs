@@ -58,6 +58,24 @@ pub enum StoreError {
     Damaged { file: PathBuf, what: String },
 }
 
+impl StoreError {
+    /// The operating system's error behind a failed write, when SQLite tells which: it reports
+    /// ENOSPC as `SQLITE_FULL`.
+    pub fn os_error(&self) -> Option<std::io::Error> {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                Some(rustix::io::Errno::NOSPC.into())
+            }
+            StoreError::Io { source, .. } | StoreError::Dir { source, .. } => {
+                Some(std::io::Error::new(source.kind(), source.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How far a tailed file has been read and committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileCheckpoint {

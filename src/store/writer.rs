@@ -42,6 +42,11 @@ impl Store {
         })
     }
 
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Queue alerts for findings from now on (Alertmanager push is configured).
     pub fn with_alerting(mut self) -> Self {
         self.alerting = true;

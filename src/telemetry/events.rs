@@ -116,13 +116,19 @@ impl ItemsReceived<'_> {
 
 /// A commit to the embedded store failed; producers are told to retry.
 /// `crosstalk_store_errors_total`.
+/// The log line names the storage directory and the OS error, so "disk full" is read at once.
 pub struct StoreCommitFailed<'a> {
-    pub error: &'a dyn std::fmt::Display,
+    pub error: &'a crate::store::StoreError,
+    pub dir: &'a std::path::Path,
 }
 
 impl StoreCommitFailed<'_> {
     pub fn emit(self, metrics: &Metrics) {
-        tracing::error!(error = %self.error, "store commit failed; producers are told to retry");
+        let os_error = self.error.os_error().map(|e| e.to_string());
+        tracing::error!(
+            path = %self.dir.display(), error = %self.error, os_error = os_error.as_deref(),
+            "store commit failed; the batches are undone and producers told to retry"
+        );
         metrics.store_errors.inc();
     }
 }

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub queue_full: Family<QueueLabels, Counter>,
     pub queue_capacity: Family<QueueLabels, Gauge>,
     pub store_errors: Counter,
+    pub store_healthy: Gauge,
     pub alerts_sent: Counter,
     pub alert_failures: Counter,
     pub cluster_up: Gauge,
@@ -232,6 +233,14 @@ impl Metrics {
             "Failed commits to the embedded store",
             store_errors.clone(),
         );
+        // Not /ready: a full disk on crosstalk's volume must not take the watched pod out of
+        // service (crosstalk's readiness gates it as a native sidecar). This gauge is the signal.
+        let store_healthy = Gauge::default();
+        registry.register(
+            "crosstalk_store_healthy",
+            "1 while the last commit to the embedded store succeeded, 0 while commits fail",
+            store_healthy.clone(),
+        );
         let alerts_sent = Counter::default();
         registry.register(
             "crosstalk_alerts_sent",
@@ -333,6 +342,7 @@ impl Metrics {
             queue_full,
             queue_capacity,
             store_errors,
+            store_healthy,
             alerts_sent,
             alert_failures,
             cluster_up,

@@ -111,3 +111,93 @@ fn a_corrupted_wal_is_refused_and_repair_keeps_the_readable_part() {
         .expect("damaged files kept");
     assert_eq!(std::fs::read(kept.join("crosstalk.db-wal")).unwrap(), wal);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mount a `size` tmpfs at `at`. A fault test that cannot set up its fault fails.
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (the full-disk test needs root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Write a filler file until the file system refuses: the disk is now full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 4096];
+        while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("data"), "1m");
+    let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
+    assert_eq!(s.metric("crosstalk_store_healthy"), 1.0);
+    assert_eq!(s.post_traces(&factory_use("alice", "f", 1)).status, 200);
+
+    let filler = disk.fill();
+    let conflict = factory_use("bob", "f", 2);
+    for attempt in 0..3 {
+        let r = s.post_traces(&conflict);
+        assert_eq!(
+            r.status, 503,
+            "attempt {attempt} acknowledged on a full disk"
+        );
+        assert!(r.header("retry-after").is_some(), "no retry hint");
+    }
+    assert!(
+        s.findings().is_empty(),
+        "a finding the store never took: {:?}",
+        s.findings()
+    );
+    assert_eq!(s.metric("crosstalk_store_healthy"), 0.0);
+    assert!(s.metric("crosstalk_store_errors_total") >= 3.0);
+    let log = s.stderr();
+    assert!(
+        log.contains(&*dir.path().join("data").to_string_lossy())
+            && log.contains("No space left on device"),
+        "the log names neither the path nor the OS error:\n{log}"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(
+        s.post_traces(&conflict).status,
+        200,
+        "the retry once space returned"
+    );
+    assert_eq!(s.metric("crosstalk_store_healthy"), 1.0);
+    s.kill9();
+    let s = Server::start_in(dir.path(), FACTORY_WATCH);
+    assert_eq!(s.post_traces(&factory_use("bob", "f", 3)).status, 200);
+    let f = s.findings();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
+    drop(s);
+    drop(disk);
+}

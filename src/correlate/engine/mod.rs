@@ -176,6 +176,13 @@ impl Engine {
         self.evidence.clone()
     }
 
+    /// Carry on counting into `evidence` (the admin API holds it): an engine reloaded after a
+    /// failed commit keeps the one the API reads.
+    pub fn with_evidence(mut self, evidence: Arc<parking_lot::Mutex<Evidence>>) -> Self {
+        self.evidence = evidence;
+        self
+    }
+
     /// Leave conflicts on global watches to the cluster (Redis) instead of judging them here.
     pub fn with_cluster(mut self) -> Self {
         self.cluster = true;
