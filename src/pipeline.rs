@@ -394,7 +394,7 @@ mod tests {
             checks: sink,
             verdicts,
         };
-        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link));
+        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link), None);
         let mut identity = BTreeMap::new();
         identity.insert("service.name".to_owned(), "api".to_owned());
         let observation = Observation {
