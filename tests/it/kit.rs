@@ -14,16 +14,19 @@ use serde_json::Value as Json;
 use crate::alerting::{am_alerts, free_port, start_alertmanager, wait_until};
 use crate::util::*;
 
-/// crosstalk with the `[[watch]]` sections of its embedded default, and nothing else but ports
-/// and storage: what a user gets without writing any watch.
+/// crosstalk as a user runs it without writing any watch: a config with only ports, storage
+/// and `extra` keeps the embedded default's watches.
 fn server_on_default_watches(extra: &str) -> Server {
-    let out = Command::new(BIN)
-        .args(["config", "default"])
-        .output()
-        .unwrap();
-    let default = String::from_utf8(out.stdout).unwrap();
-    let watches = &default[default.find("[[watch]]").expect("default has watches")..];
-    Server::start(&format!("{extra}\n{watches}"))
+    let s = Server::start(extra);
+    let watches = s.metrics();
+    for w in ["agent_factory", "db_session", "ws_emitter", "session"] {
+        let sample = format!("crosstalk_tracked_instances{{watch=\"{w}\"}}");
+        assert!(
+            watches.contains(&sample),
+            "default watch {w} is on: {watches}"
+        );
+    }
+    s
 }
 
 /// tests/e2e/kit_backend.py: the example app on a free port, exporting to `server`.
