@@ -31,15 +31,6 @@ impl Signal {
             Signal::Event => "event",
         }
     }
-
-    /// The value of the `signal` metric label.
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            Signal::Span => "traces",
-            Signal::Log => "logs",
-            Signal::Event => "events",
-        }
-    }
 }
 
 /// A 16-byte W3C trace id (never all zeroes).

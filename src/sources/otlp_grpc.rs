@@ -4,7 +4,6 @@
 //! A full ingest queue answers `UNAVAILABLE` with a `RetryInfo` detail, which OTLP exporters
 //! treat as retryable after the given delay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,9 +199,4 @@ pub async fn serve(
         .add_service(metrics)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
-}
-
-/// The address a gRPC client should dial.
-pub fn endpoint(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }
