@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::util::*;
 use serde_json::Value as Json;
@@ -17,12 +18,17 @@ const LEAKS: [&str; 3] = [
 
 fn corpus(dir: &Path, mode: &str, users: u32, requests: u32) -> String {
     let out = dir.join(format!("{mode}-{users}.jsonl"));
+    generate(mode, users, requests, &["--out", out.to_str().unwrap()]);
+    out.to_str().unwrap().to_owned()
+}
+
+/// Run the corpus generator with `to` (`--out FILE` or `--endpoint URL`).
+fn generate(mode: &str, users: u32, requests: u32, to: &[&str]) {
     let run = Command::new(python())
         .arg(e2e_script("discovery_corpus.py"))
         .args(["--mode", mode, "--users", &users.to_string()])
         .args(["--requests", &requests.to_string()])
-        .arg("--out")
-        .arg(&out)
+        .args(to)
         .output()
         .expect("running the Python corpus generator");
     assert!(
@@ -30,7 +36,6 @@ fn corpus(dir: &Path, mode: &str, users: u32, requests: u32) -> String {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    out.to_str().unwrap().to_owned()
 }
 
 fn discover(args: &[&str]) -> Output {
@@ -134,4 +139,29 @@ fn discover_refuses_bad_input_with_exit_2() {
     let out = discover(&[bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl"));
+}
+
+#[test]
+fn a_running_crosstalk_points_at_the_same_leaks_through_the_sdk_exporter() {
+    let s = Server::start(FACTORY_WATCH);
+    let endpoint = format!("http://{}", s.http);
+    generate("leaky", 200, 3000, &["--endpoint", &endpoint]);
+    // The discovery thread counts behind the request path: wait until it has seen everything.
+    let report = s
+        .wait_for(Duration::from_secs(30), |s| {
+            let r = get(&s.admin_url("/api/v1/discovery")).json();
+            let c = r["candidates"].as_array()?;
+            let done = c.iter().find(|c| c["attribute"] == "request.id")?["requests"] == 3000;
+            done.then_some(r)
+        })
+        .expect("discovery saw the whole corpus");
+    assert_eq!(report["skipped_exports"], 0);
+    let c = report["candidates"].as_array().unwrap();
+    assert_eq!(with_verdict(c, "leak_suspect"), BTreeSet::from(LEAKS));
+    assert_eq!(
+        s.metric("crosstalk_discovery_suspects{service=\"chat-backend\"}"),
+        3.0
+    );
+    // Discovery suggests; it never raises a finding.
+    assert!(s.findings().is_empty());
 }
