@@ -293,7 +293,7 @@ pub fn run(cli: Cli) -> ExitCode {
             format,
             fail_on_suspect,
             files,
-        } => match load(&config) {
+        } => match load(&config, &[]) {
             Ok(config) => discover(&config, format, fail_on_suspect, &files),
             Err(code) => code,
         },
