@@ -19,6 +19,7 @@ use crate::pipeline::{self, EngineControl, EnginePanicked};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::alertmanager::AlertSender;
 use crate::sources::IngestContext;
+use crate::sources::discovery_tap::DiscoveryTap;
 use crate::sources::events_file::Tailer;
 use crate::sources::otlp_grpc::{self, OtlpGrpc};
 use crate::sources::otlp_http::OtlpHttp;
@@ -184,12 +185,14 @@ impl App {
         };
         let admin_token = BearerToken::load(config.auth.admin_token_file.as_deref())?;
         let extractor = Arc::new(Extractor::new(&config));
+        let discovery = DiscoveryTap::start(&config, metrics.clone());
         let ctx = Arc::new(IngestContext {
             ingest: ingest.clone(),
             extractor: extractor.clone(),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
             token: otlp_token,
+            discovery: discovery.clone(),
         });
         let shutdown = CancellationToken::new();
         let grace = config.shutdown_grace;
@@ -218,6 +221,9 @@ impl App {
                 ready: ready.clone(),
                 token: admin_token,
                 evidence,
+                discovery,
+                pseudonyms: (config.privacy.user_ids == crate::config::UserIds::Hmac)
+                    .then(|| pseudonyms.clone()),
             }),
             tls.as_ref().map(|t| t.acceptor.clone()),
             shutdown.clone(),

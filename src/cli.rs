@@ -20,6 +20,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNOBSERVED: u8 = 3;
 /// `serve` ended without committing its state (an engine panic, a stop past the grace).
 pub const EXIT_FAILURE: u8 = 1;
+/// `discover --fail-on-suspect` found a leak suspect.
+pub const EXIT_SUSPECT: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +91,21 @@ pub enum Command {
         #[arg(required = true, value_name = "FILES")]
         files: Vec<String>,
     },
+    /// Point at attributes that behave like an object shared between users (advisory).
+    Discover {
+        /// Config file for identity, watches (skipped) and `[discovery]`; without it, the default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `text` (a table, suspects first, with the watch to paste) or `json` (`candidates`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiscoverFormat,
+        /// Exit 4 when there is a leak suspect (for CI); otherwise discovery always exits 0.
+        #[arg(long)]
+        fail_on_suspect: bool,
+        /// Files to read, as for `check`: OTLP JSON lines or documents, gzip, `-` for stdin.
+        #[arg(required = true, value_name = "FILES")]
+        files: Vec<String>,
+    },
     /// Run a command with its telemetry pointed at a live crosstalk; fail on leaks.
     Run {
         /// Config file for watches and identity (its listen addresses are replaced by free
@@ -108,6 +125,13 @@ pub enum Command {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
+}
+
+/// How `discover` prints its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoverFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +288,15 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Discover {
+            config,
+            format,
+            fail_on_suspect,
+            files,
+        } => match load(&config, &[]) {
+            Ok(config) => discover(&config, format, fail_on_suspect, &files),
+            Err(code) => code,
+        },
         Command::Run {
             config,
             format,
@@ -338,6 +371,45 @@ fn repair_store(dir: &std::path::Path) -> bool {
             false
         }
     }
+}
+
+fn discover(
+    config: &Config,
+    format: DiscoverFormat,
+    fail_on_suspect: bool,
+    files: &[String],
+) -> ExitCode {
+    let report = match gate::discover_files(config, files) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let text = match format {
+        DiscoverFormat::Text => crate::correlate::discovery::report::render_text(&report),
+        DiscoverFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(j) => j + "\n",
+            Err(e) => {
+                eprintln!("crosstalk: cannot write the report: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        eprintln!("crosstalk: cannot write the report: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let suspect = report
+        .candidates
+        .iter()
+        .any(|c| c.verdict == crate::correlate::discovery::Verdict::LeakSuspect);
+    ExitCode::from(if fail_on_suspect && suspect {
+        EXIT_SUSPECT
+    } else {
+        EXIT_OK
+    })
 }
 
 async fn serve(config: Config) -> ExitCode {

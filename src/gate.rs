@@ -1,6 +1,7 @@
 //! The CI gate and forensics: `crosstalk check FILE...` runs exported telemetry through the same
 //! engine as `serve`; `crosstalk run -- CMD` runs a command against a live engine on free
-//! loopback ports. Both print the findings as text, JSON or JUnit XML.
+//! loopback ports. Both print the findings as text, JSON or JUnit XML. `crosstalk discover FILE...`
+//! reads the same files into discovery and prints its candidates.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,10 +13,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::correlate::discovery::feed::Feed;
+use crate::correlate::discovery::report::Report;
 use crate::correlate::evidence::WatchEvidence;
 use crate::correlate::{Effects, Engine, Finding, Received};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Extractor, Tally, otlp};
+use crate::privacy::Pseudonymizer;
 use crate::telemetry::metrics::Metrics;
 
 /// How findings are printed.
@@ -74,29 +78,70 @@ pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, In
 
 /// Run every file through one engine; the findings and the evidence per watch.
 pub fn check(config: &Config, files: &[String]) -> Result<Outcome, InputError> {
-    let metrics = Arc::new(Metrics::new());
-    let mut engine = Engine::new(config, metrics);
-    if config.privacy.user_ids == crate::config::UserIds::Hmac {
-        let key = crate::app::pseudonymizer(config).map_err(|e| InputError {
+    let extractor = Extractor::new(config);
+    let engine = read_files(config, files, &extractor, None)?;
+    Ok(Outcome::of(&engine))
+}
+
+/// `crosstalk discover`: discovery over every file (the same readers as `check`).
+pub fn discover_files(config: &Config, files: &[String]) -> Result<Report, InputError> {
+    let extractor = Extractor::new(config);
+    let mut feed = Feed::new(config);
+    read_files(config, files, &extractor, Some(&mut feed))?;
+    feed.discovery.finish();
+    let pseudo = pseudonyms(config)?;
+    Ok(feed.discovery.report(pseudo.as_ref()))
+}
+
+/// Where `check` and `discover` send what they read: the engine, and discovery when asked.
+struct Target<'a> {
+    extractor: &'a Extractor,
+    engine: Engine,
+    fx: Effects,
+    feed: Option<&'a mut Feed>,
+}
+
+fn pseudonyms(config: &Config) -> Result<Option<Pseudonymizer>, InputError> {
+    if config.privacy.user_ids != crate::config::UserIds::Hmac {
+        return Ok(None);
+    }
+    crate::app::pseudonymizer(config)
+        .map(Some)
+        .map_err(|e| InputError {
             file: config.storage_dir.display().to_string(),
             line: 0,
             message: e.to_string(),
-        })?;
+        })
+}
+
+fn read_files(
+    config: &Config,
+    files: &[String],
+    extractor: &Extractor,
+    discovery: Option<&mut Feed>,
+) -> Result<Engine, InputError> {
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(config, metrics);
+    if let Some(key) = pseudonyms(config)? {
         engine = engine.with_pseudonyms(key);
     }
-    let extractor = Extractor::new(config);
-    let mut fx = Effects::default();
+    let mut t = Target {
+        extractor,
+        engine,
+        fx: Effects::default(),
+        feed: discovery,
+    };
     for name in files {
         let reader = open_input(name).map_err(|e| InputError {
             file: name.clone(),
             line: 0,
             message: e.to_string(),
         })?;
-        feed(reader, name, &extractor, &mut engine, &mut fx)?;
-        fx = Effects::default();
+        feed(reader, name, &mut t)?;
+        t.fx = Effects::default();
     }
-    engine.settle_all(Received::now(), &mut fx);
-    Ok(Outcome::of(&engine))
+    t.engine.settle_all(Received::now(), &mut t.fx);
+    Ok(t.engine)
 }
 
 /// A file (`-` for stdin), transparently gunzipped when it starts with the gzip magic.
@@ -125,13 +170,7 @@ const EXPECTED: &str = "expected OTLP JSON (`resourceSpans` / `resourceLogs`: on
 /// The input is JSON lines (one OTLP JSON export, as the Collector's file exporter writes them,
 /// or one WebSocket event per line) or whole, possibly pretty-printed, JSON documents. Which one
 /// is told by the first non-blank line: if it ends in the middle of a value, documents.
-fn feed(
-    reader: Box<dyn BufRead>,
-    name: &str,
-    extractor: &Extractor,
-    engine: &mut Engine,
-    fx: &mut Effects,
-) -> Result<(), InputError> {
+fn feed(reader: Box<dyn BufRead>, name: &str, t: &mut Target<'_>) -> Result<(), InputError> {
     let err = |line: usize, message: String| InputError {
         file: name.to_owned(),
         line,
@@ -152,11 +191,11 @@ fn feed(
                     doc.push(b'\n');
                     doc.extend(rest.map_err(|e| err(j + 1, format!("cannot read: {e}")))?);
                 }
-                return feed_documents(&doc, n, &err, extractor, engine, fx);
+                return feed_documents(&doc, n, &err, t);
             }
             Err(e) => return Err(err(n, format!("invalid JSON: {e}; {EXPECTED}"))),
         };
-        feed_value(value, extractor, engine, fx).map_err(|m| err(n, m))?;
+        feed_value(value, t).map_err(|m| err(n, m))?;
     }
     Ok(())
 }
@@ -166,9 +205,7 @@ fn feed_documents(
     doc: &[u8],
     first: usize,
     err: &dyn Fn(usize, String) -> InputError,
-    extractor: &Extractor,
-    engine: &mut Engine,
-    fx: &mut Effects,
+    t: &mut Target<'_>,
 ) -> Result<(), InputError> {
     let mut stream = serde_json::Deserializer::from_slice(doc).into_iter::<Value>();
     loop {
@@ -183,26 +220,28 @@ fn feed_documents(
                 format!("invalid JSON: {e}; {EXPECTED}"),
             )
         })?;
-        feed_value(value, extractor, engine, fx).map_err(|m| err(line, m))?;
+        feed_value(value, t).map_err(|m| err(line, m))?;
     }
 }
 
 /// One OTLP export or event into the engine; metrics exports carry nothing to check.
-fn feed_value(
-    value: Value,
-    extractor: &Extractor,
-    engine: &mut Engine,
-    fx: &mut Effects,
-) -> Result<(), String> {
+fn feed_value(value: Value, t: &mut Target<'_>) -> Result<(), String> {
+    let extractor = t.extractor;
     let received = Received::now();
     let mut tally = Tally::default();
     let observations = if value.get("resourceSpans").is_some() {
         let req: ExportTraceServiceRequest =
             serde_json::from_value(value).map_err(|e| format!("invalid OTLP traces JSON: {e}"))?;
+        if let Some(feed) = t.feed.as_deref_mut() {
+            feed.traces(&req, received.wall_ns);
+        }
         otlp::observe_traces(&req, extractor, received.wall_ns, &mut tally)
     } else if value.get("resourceLogs").is_some() {
         let req: ExportLogsServiceRequest =
             serde_json::from_value(value).map_err(|e| format!("invalid OTLP logs JSON: {e}"))?;
+        if let Some(feed) = t.feed.as_deref_mut() {
+            feed.logs(&req, received.wall_ns);
+        }
         otlp::observe_logs(&req, extractor, received.wall_ns, &mut tally)
     } else if value.get("resourceMetrics").is_some() {
         return Ok(());
@@ -219,7 +258,7 @@ fn feed_value(
     if let Some(message) = tally.error_message() {
         return Err(message);
     }
-    engine.ingest(observations, received, fx);
+    t.engine.ingest(observations, received, &mut t.fx);
     Ok(())
 }
 

@@ -13,6 +13,8 @@ use crate::correlate::FindingKind;
 use crate::correlate::evidence::Evidence;
 use crate::correlate::finding::{now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
+use crate::privacy::Pseudonymizer;
+use crate::sources::discovery_tap::DiscoveryTap;
 use crate::store::{Cursor, FindingFilter, StoreReader};
 use crate::telemetry::events::AdminBadRequest;
 use crate::telemetry::metrics::Metrics;
@@ -31,6 +33,10 @@ pub struct Admin {
     pub token: Option<crate::auth::BearerToken>,
     /// The engine's isolation evidence, read for `/api/v1/watches`.
     pub evidence: Arc<parking_lot::Mutex<Evidence>>,
+    /// Discovery's candidates (None when disabled).
+    pub discovery: Option<Arc<DiscoveryTap>>,
+    /// Set in `hmac` mode: discovery's example users are shown as pseudonyms.
+    pub pseudonyms: Option<Pseudonymizer>,
 }
 
 impl Handler for Admin {
@@ -67,6 +73,7 @@ impl Handler for Admin {
             "/metrics" => self.metrics_page(&request),
             "/api/v1/findings" => self.list(&request).await,
             "/api/v1/watches" => self.watches(),
+            "/api/v1/discovery" => self.discovery().await,
             p if p.starts_with("/api/v1/findings/") => {
                 let id = p["/api/v1/findings/".len()..].to_owned();
                 self.one(id).await
@@ -83,7 +90,25 @@ impl Handler for Admin {
 }
 
 impl Admin {
+    /// `GET /api/v1/discovery`: every key's verdict, suspects first. Advisory only.
+    async fn discovery(self: &Arc<Self>) -> HttpResponse {
+        let Some(tap) = self.discovery.clone() else {
+            return json_response(StatusCode::OK, &json!({"enabled": false, "candidates": []}));
+        };
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || tap.report(me.pseudonyms.as_ref())).await {
+            Ok(report) => match serde_json::to_string(&report) {
+                Ok(body) => respond(StatusCode::OK, "application/json", body),
+                Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
     fn metrics_page(&self, request: &Request<Incoming>) -> HttpResponse {
+        if let Some(tap) = &self.discovery {
+            tap.refresh_gauge(&self.metrics);
+        }
         let wants_openmetrics = request
             .headers()
             .get(header::ACCEPT)

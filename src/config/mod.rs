@@ -65,6 +65,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// `[evidence] window`: the span verdicts and window counts are judged over.
     pub evidence_window: Duration,
+    /// `[discovery]`: statistics over unwatched attributes.
+    pub discovery: crate::correlate::discovery::Settings,
     pub watches: Vec<Watch>,
     /// The file listed no `[[watch]]` (nor `watch = []`), so `watches` are the default ones.
     pub default_watches: bool,

@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub evidence: RawEvidence,
+    #[serde(default)]
+    pub discovery: RawDiscovery,
     /// `None`: the file lists no `[[watch]]`, so the default watches apply; `watch = []`
     /// (an explicit empty list) means none.
     #[serde(default, rename = "watch")]
@@ -340,4 +342,27 @@ fn default_retention() -> String {
 }
 fn default_severity() -> String {
     "critical".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDiscovery {
+    pub enabled: bool,
+    pub max_keys: usize,
+    pub min_users: u64,
+    pub sample: f64,
+    pub exclude: Vec<String>,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        let d = crate::correlate::discovery::Settings::default();
+        Self {
+            enabled: d.enabled,
+            max_keys: d.max_keys,
+            min_users: d.min_users,
+            sample: d.sample,
+            exclude: d.exclude,
+        }
+    }
 }

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::{
-    OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawEvents,
-    RawEvidence, RawIdentity, RawListen, RawPrivacy, RawWatch,
+    OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawDiscovery,
+    RawEvents, RawEvidence, RawIdentity, RawListen, RawPrivacy, RawWatch,
 };
 use super::watch::resolve_watches;
 use super::{
     Alertmanager, Attribution, Auth, Cluster, Config, ConfigError, Events, Identity, Limits,
     Listen, Privacy, StartAt, TlsFiles, UserIds, invalid,
 };
+use crate::correlate::discovery::Settings as DiscoverySettings;
 
 /// A config enum spelled by name in TOML. Its one table serves both directions: parsing the
 /// TOML string and printing the value back (in findings, alerts, `config` output).
@@ -108,6 +109,7 @@ impl RawConfig {
             events,
             shutdown_grace: parse_duration("shutdown.grace", &self.shutdown.grace)?,
             evidence_window: evidence_window(&self.evidence)?,
+            discovery: discovery(self.discovery)?,
             watches,
             default_watches,
         })
@@ -287,5 +289,24 @@ fn attribution(raw: &RawAttribution) -> Result<Attribution, ConfigError> {
     Ok(Attribution {
         wait: parse_duration("attribution.wait", &raw.wait)?,
         max_pending: positive("attribution.max_pending", raw.max_pending)?,
+    })
+}
+
+fn discovery(raw: RawDiscovery) -> Result<DiscoverySettings, ConfigError> {
+    if !(raw.sample > 0.0 && raw.sample <= 1.0) {
+        return Err(invalid("discovery.sample", "must be in (0, 1]"));
+    }
+    if raw.exclude.iter().any(|e| e.is_empty()) {
+        return Err(invalid("discovery.exclude", "holds an empty key"));
+    }
+    if raw.min_users < 2 {
+        return Err(invalid("discovery.min_users", "must be at least 2"));
+    }
+    Ok(DiscoverySettings {
+        enabled: raw.enabled,
+        max_keys: positive("discovery.max_keys", raw.max_keys)?,
+        min_users: raw.min_users,
+        sample: raw.sample,
+        exclude: raw.exclude,
     })
 }

@@ -175,3 +175,23 @@ fn environment_values_are_typed_and_unknown_names_collected() {
         "{bad}"
     );
 }
+
+#[test]
+fn discovery_is_on_by_default_and_its_keys_are_checked() {
+    let cfg = Config::from_toml("").unwrap();
+    assert!(cfg.discovery.enabled);
+    assert_eq!((cfg.discovery.max_keys, cfg.discovery.min_users), (1000, 5));
+    let cfg =
+        Config::from_toml("[discovery]\nenabled = false\nexclude = [\"internal.\"]\n").unwrap();
+    assert!(!cfg.discovery.enabled);
+    assert_eq!(cfg.discovery.exclude, ["internal."]);
+    for (text, key) in [
+        ("[discovery]\nsample = 0.0\n", "discovery.sample"),
+        ("[discovery]\nmax_keys = 0\n", "discovery.max_keys"),
+        ("[discovery]\nmin_users = 1\n", "discovery.min_users"),
+    ] {
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+    assert!(Config::from_toml("[discovery]\nbogus = 1\n").is_err());
+}

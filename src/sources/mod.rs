@@ -2,12 +2,14 @@
 //!
 //! - [`otlp_http`]: OTLP/HTTP `/v1/traces`, `/v1/logs` and the NDJSON `/v1/events` endpoint;
 //! - [`otlp_grpc`]: OTLP/gRPC `TraceService/Export` and `LogsService/Export`;
-//! - [`events_file`]: tails WebSocket event logs with checkpointed offsets.
+//! - [`events_file`]: tails WebSocket event logs with checkpointed offsets;
+//! - [`discovery_tap`]: hands a sampled copy of each accepted export to discovery.
 //!
 //! Every source normalizes in its own task and submits through [`submit_and_wait`], which
 //! answers only once the batch is durable.
 
 pub mod body;
+pub mod discovery_tap;
 pub mod events_file;
 pub mod otlp_grpc;
 pub mod otlp_http;
@@ -31,6 +33,8 @@ pub struct IngestContext {
     pub limits: Limits,
     /// Required of every OTLP and events request when set.
     pub token: Option<crate::auth::BearerToken>,
+    /// Discovery's feed (None when `[discovery] enabled = false`).
+    pub discovery: Option<Arc<discovery_tap::DiscoveryTap>>,
 }
 
 /// Why a batch was not taken.

@@ -36,6 +36,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::normalize::{Tally, otlp};
+use crate::sources::discovery_tap::Export;
 use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_grpc";
@@ -90,6 +91,9 @@ impl TraceService for OtlpGrpc {
             .await
             .map_err(|e| self.refuse(e))?;
         self.ctx.count_rejections(SOURCE, &tally);
+        if let Some(tap) = &self.ctx.discovery {
+            tap.offer(|| Export::Traces(Box::new(request.into_inner())));
+        }
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: tally.rejected_total() as i64,
@@ -134,6 +138,9 @@ impl LogsService for OtlpGrpc {
             .await
             .map_err(|e| self.refuse(e))?;
         self.ctx.count_rejections(SOURCE, &tally);
+        if let Some(tap) = &self.ctx.discovery {
+            tap.offer(|| Export::Logs(Box::new(request.into_inner())));
+        }
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: tally.rejected_total() as i64,

@@ -29,6 +29,7 @@ use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, json as json_response, media_type, respond};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Observation, Tally, events::observe_event_line, otlp, otlp_fast};
+use crate::sources::discovery_tap::Export;
 use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_http";
@@ -141,6 +142,12 @@ impl OtlpHttp {
         if let Err(refused) = self.admit(encoding, obs, received, &tally, "traces").await {
             return refused;
         }
+        if let Some(tap) = &self.ctx.discovery {
+            tap.offer(|| match encoding {
+                Encoding::Protobuf => Export::TracesProtobuf(body),
+                Encoding::Json => Export::TracesJson(body),
+            });
+        }
         let response = ExportTraceServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: tally.rejected_total() as i64,
@@ -158,6 +165,12 @@ impl OtlpHttp {
             .map(|request| otlp::observe_logs(&request, ex, received.wall_ns, &mut tally));
         if let Err(refused) = self.admit(encoding, obs, received, &tally, "logs").await {
             return refused;
+        }
+        if let Some(tap) = &self.ctx.discovery {
+            tap.offer(|| match encoding {
+                Encoding::Protobuf => Export::LogsProtobuf(body),
+                Encoding::Json => Export::LogsJson(body),
+            });
         }
         let response = ExportLogsServiceResponse {
             partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {

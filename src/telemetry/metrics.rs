@@ -36,6 +36,11 @@ pub struct WatchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     pub signal: String,
     pub transport: String,
@@ -106,6 +111,8 @@ pub struct Metrics {
     pub watch_instances: Family<WatchServiceLabels, Gauge>,
     pub watch_users: Family<WatchServiceLabels, Gauge>,
     pub watch_expected: Family<WatchLabels, Gauge>,
+    pub discovery_suspects: Family<ServiceLabels, Gauge>,
+    pub discovery_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -323,6 +330,18 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })
             .set(1);
+        let discovery_suspects = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "crosstalk_discovery_suspects",
+            "Attribute keys discovery judges leak suspects, by service (advisory: never alerts)",
+            discovery_suspects.clone(),
+        );
+        let discovery_evicted = Counter::default();
+        registry.register(
+            "crosstalk_discovery_evicted",
+            "Attribute keys discovery dropped to stay within max_keys",
+            discovery_evicted.clone(),
+        );
         Metrics {
             registry,
             findings,
@@ -354,6 +373,20 @@ impl Metrics {
             watch_instances,
             watch_users,
             watch_expected,
+            discovery_suspects,
+            discovery_evicted,
+        }
+    }
+
+    /// Set the suspects gauge: services with suspects now; the rest drop out (absent = none).
+    pub fn set_discovery_suspects(&self, per_service: &std::collections::BTreeMap<&str, i64>) {
+        self.discovery_suspects.clear();
+        for (service, n) in per_service {
+            self.discovery_suspects
+                .get_or_create(&ServiceLabels {
+                    service: (*service).to_owned(),
+                })
+                .set(*n);
         }
     }
 

@@ -6,6 +6,7 @@ mod alerting;
 mod cli;
 mod cluster;
 mod dashboards;
+mod discovery;
 mod durability;
 mod e2e;
 mod events;

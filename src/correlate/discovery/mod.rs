@@ -11,6 +11,7 @@
 //!   when the buffer is full the oldest trace is dropped (counted);
 //! - the user, tenant and watched keys and the configured `exclude` keys/prefixes are skipped.
 
+pub mod feed;
 pub mod known;
 pub mod report;
 pub mod shape;

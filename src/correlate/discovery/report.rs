@@ -61,6 +61,8 @@ pub struct Report {
     pub keys: usize,
     pub evicted_keys: u64,
     pub unattributed_records: u64,
+    /// Exports not inspected (sampled out, or the discovery queue was full): live only.
+    pub skipped_exports: u64,
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -158,6 +160,7 @@ impl Discovery {
             keys: self.key_count(),
             evicted_keys: self.evicted,
             unattributed_records: self.pending_dropped,
+            skipped_exports: 0,
         }
     }
 

@@ -28,7 +28,7 @@ pub struct SharedValue {
     value_hash: u64,
     pub value: Box<str>,
     pub shape: Shape,
-    pub users: DistinctCounter<8, 16>,
+    pub users: DistinctCounter<10, 64>,
     /// User fingerprints (24 bits) of example users, resolved to names at report time.
     pub example_users: Vec<u32>,
     pub traces: Vec<TraceId>,
