@@ -328,7 +328,12 @@ impl EngineWorker {
                 e.to_string()
             });
         self.metrics.store_healthy.set(i64::from(result.is_ok()));
-        if result.is_err() {
+        if result.is_ok() {
+            // Counted before the producers hear back, so a scrape after the ack sees it.
+            for n in &fx.news {
+                self.engine.count_committed(n);
+            }
+        } else {
             self.undo();
         }
         for batch in group.drain(..) {

@@ -84,6 +84,8 @@ fn commit_news(store: &mut Store, findings: Vec<FindingRecord>, now_ns: u64) {
                 id: r.finding.id.clone(),
                 new: true,
                 received: None,
+                users: r.finding.user_count,
+                trace: None,
             })
             .collect(),
         findings,

@@ -178,6 +178,11 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
     );
     assert_eq!(s.metric("crosstalk_store_healthy"), 0.0);
     assert!(s.metric("crosstalk_store_errors_total") >= 3.0);
+    assert_eq!(
+        findings_counted(&s),
+        0.0,
+        "a refused conflict was counted as a finding"
+    );
     let log = s.stderr();
     assert!(
         log.contains(&*dir.path().join("data").to_string_lossy())
@@ -192,6 +197,11 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
         "the retry once space returned"
     );
     assert_eq!(s.metric("crosstalk_store_healthy"), 1.0);
+    assert_eq!(
+        findings_counted(&s),
+        1.0,
+        "three refused attempts and one retry of one conflict are one finding"
+    );
     s.kill9();
     let s = Server::start_in(dir.path(), FACTORY_WATCH);
     assert_eq!(s.post_traces(&factory_use("bob", "f", 3)).status, 200);
@@ -200,4 +210,13 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
     assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
     drop(s);
     drop(disk);
+}
+
+/// Every `crosstalk_findings_total` series summed (labels vary with the service).
+fn findings_counted(s: &Server) -> f64 {
+    s.metrics()
+        .lines()
+        .filter(|l| l.starts_with("crosstalk_findings_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::Finding;
+use crate::normalize::TraceId;
 
 use super::remote::ClusterCheck;
 
@@ -67,6 +68,12 @@ pub struct FindingNews {
     /// For a new finding: when the conflicting observation was received. The detection delay
     /// is measured from it once the finding is committed (visible), not inside the engine.
     pub received: Option<std::time::Instant>,
+    /// Users this news adds to the finding (all of them for a new one): counted in
+    /// `crosstalk_affected_users_total` only once the commit succeeds, so a refused batch
+    /// that is retried is not counted twice.
+    pub users: u64,
+    /// The conflicting span's trace, the exemplar of `crosstalk_findings_total`.
+    pub trace: Option<TraceId>,
 }
 
 /// An observation acknowledged while still waiting for its trace's user.

@@ -178,16 +178,9 @@ impl Engine {
                 id: id.to_owned(),
                 new: false,
                 received: None,
+                users: growth.users,
+                trace: None,
             });
-            if growth.users > 0 {
-                self.metrics
-                    .affected_users
-                    .get_or_create(&WatchServiceLabels {
-                        watch: record.finding.watch.clone(),
-                        service: record.finding.service.clone(),
-                    })
-                    .inc_by(growth.users);
-            }
         } else if growth.changed() && !self.dirty_findings.iter().any(|d| d == id) {
             self.dirty_findings.push(id.to_owned());
         }
@@ -202,12 +195,13 @@ impl Engine {
         fx: &mut Effects,
     ) -> String {
         let id = record.finding.id.clone();
-        self.count_finding(&record.finding, trace);
         fx.findings.push(record.clone());
         fx.news.push(FindingNews {
             id: id.clone(),
             new: true,
             received: Some(received.at),
+            users: record.finding.user_count,
+            trace,
         });
         self.findings.insert(id.clone(), record);
         id
@@ -292,24 +286,35 @@ impl Engine {
         }
     }
 
-    fn count_finding(&self, f: &Finding, trace: Option<TraceId>) {
-        let exemplar = trace.map(|t| TraceExemplar {
-            trace_id: t.to_string(),
-        });
-        self.metrics
-            .findings
-            .get_or_create(&FindingLabels {
-                r#type: f.kind.as_str().into(),
-                watch: f.watch.clone(),
-                service: f.service.clone(),
-            })
-            .inc_by(1, exemplar, None);
-        self.metrics
-            .affected_users
-            .get_or_create(&WatchServiceLabels {
-                watch: f.watch.clone(),
-                service: f.service.clone(),
-            })
-            .inc_by(f.user_count);
+    /// Count committed news in `crosstalk_findings_total` (new findings, with the conflicting
+    /// trace as exemplar) and `crosstalk_affected_users_total`. Called only after the store took
+    /// the batch: a refused batch is undone and judged again on retry, and must not count twice.
+    pub fn count_committed(&self, news: &FindingNews) {
+        let Some(record) = self.findings.get(&news.id) else {
+            return;
+        };
+        let f = &record.finding;
+        if news.new {
+            let exemplar = news.trace.map(|t| TraceExemplar {
+                trace_id: t.to_string(),
+            });
+            self.metrics
+                .findings
+                .get_or_create(&FindingLabels {
+                    r#type: f.kind.as_str().into(),
+                    watch: f.watch.clone(),
+                    service: f.service.clone(),
+                })
+                .inc_by(1, exemplar, None);
+        }
+        if news.users > 0 {
+            self.metrics
+                .affected_users
+                .get_or_create(&WatchServiceLabels {
+                    watch: f.watch.clone(),
+                    service: f.service.clone(),
+                })
+                .inc_by(news.users);
+        }
     }
 }
