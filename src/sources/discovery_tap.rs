@@ -5,7 +5,9 @@
 //! Bounded: at most [`QUEUE_BATCHES`] exports and [`QUEUE_BYTES`] of bodies wait; when either is
 //! full the export is skipped (full-policy: drop, counted in `skipped`), so under load discovery
 //! samples instead of slowing ingest. `[discovery] sample` < 1 inspects that share of exports.
-//! The report says how many exports were skipped.
+//! The thread also keeps to a CPU budget ([`CPU_BUDGET`] of one core, with a bounded burst): the
+//! queue alone would let it take half a core flat out, since it shares cores with the engine.
+//! Exports past the budget are skipped too. The report says how many exports were skipped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +29,11 @@ use crate::telemetry::metrics::Metrics;
 
 pub const QUEUE_BATCHES: usize = 64;
 pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Share of one core the discovery thread may spend inspecting exports, over time.
+pub const CPU_BUDGET: f64 = 0.10;
+/// Most inspection time saved up while quiet (and granted at start): a burst after a quiet spell
+/// is inspected whole, a sustained flood is sampled down to the budget.
+const MAX_CREDIT_S: f64 = 2.0;
 
 /// One export for discovery.
 pub enum Export {
@@ -58,8 +65,9 @@ pub struct DiscoveryTap {
     offered: AtomicU64,
     sample: f64,
     queued_bytes: Arc<AtomicUsize>,
-    /// Exports not inspected: sampled out or dropped because the queue was full.
-    pub skipped: AtomicU64,
+    /// Exports not inspected: sampled out, dropped because the queue was full, or past the
+    /// thread's CPU budget.
+    pub skipped: Arc<AtomicU64>,
 }
 
 impl DiscoveryTap {
@@ -71,7 +79,10 @@ impl DiscoveryTap {
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let feed = Arc::new(Mutex::new(Feed::new(config)));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let skipped = Arc::new(AtomicU64::new(0));
         let worker = Worker {
+            skipped: skipped.clone(),
+            budget: Budget::new(std::time::Instant::now()),
             rx,
             feed: feed.clone(),
             queued_bytes: queued_bytes.clone(),
@@ -87,7 +98,7 @@ impl DiscoveryTap {
             offered: AtomicU64::new(0),
             sample: config.discovery.sample,
             queued_bytes,
-            skipped: AtomicU64::new(0),
+            skipped,
         }))
     }
 
@@ -121,7 +132,37 @@ impl DiscoveryTap {
     }
 }
 
+/// A token bucket of inspection time: earns [`CPU_BUDGET`] seconds per second, spends what each
+/// export took.
+struct Budget {
+    credit_s: f64,
+    last: std::time::Instant,
+}
+
+impl Budget {
+    fn new(now: std::time::Instant) -> Self {
+        Budget {
+            credit_s: MAX_CREDIT_S,
+            last: now,
+        }
+    }
+
+    /// Whether an export may be inspected now.
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * CPU_BUDGET;
+        self.credit_s = (self.credit_s + earned).min(MAX_CREDIT_S);
+        self.last = now;
+        self.credit_s > 0.0
+    }
+
+    fn spend(&mut self, took: std::time::Duration) {
+        self.credit_s -= took.as_secs_f64();
+    }
+}
+
 struct Worker {
+    skipped: Arc<AtomicU64>,
+    budget: Budget,
     rx: mpsc::Receiver<Export>,
     feed: Arc<Mutex<Feed>>,
     queued_bytes: Arc<AtomicUsize>,
@@ -135,6 +176,11 @@ impl Worker {
         while let Some(export) = self.rx.blocking_recv() {
             self.queued_bytes
                 .fetch_sub(export.body_len(), Ordering::AcqRel);
+            let started = std::time::Instant::now();
+            if !self.budget.allow(started) {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let now = now_ns();
             let mut feed = self.feed.lock();
             // Bodies were accepted by the source, so they decode; one that does not is skipped.
@@ -163,6 +209,8 @@ impl Worker {
                 Export::Logs(r) => feed.logs(&r, now),
             }
             let total = feed.discovery.evicted;
+            drop(feed);
+            self.budget.spend(started.elapsed());
             self.metrics.discovery_evicted.inc_by(total - evicted);
             evicted = total;
         }
@@ -180,5 +228,37 @@ impl DiscoveryTap {
             }
         }
         metrics.set_discovery_suspects(&per_service);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A sustained flood is held to the budget's share; quiet time earns inspection back.
+    #[test]
+    fn budget_holds_a_flood_to_its_share_of_a_core() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(t0);
+        let (mut inspected, mut offered) = (0u32, 0u32);
+        // 100 s of exports every 10 ms, each taking 5 ms to inspect: half a core if unbudgeted.
+        for i in 0..10_000u32 {
+            let now = t0 + Duration::from_millis(u64::from(i) * 10);
+            offered += 1;
+            if budget.allow(now) {
+                inspected += 1;
+                budget.spend(Duration::from_millis(5));
+            }
+        }
+        let share = f64::from(inspected) * 0.005 / 100.0;
+        assert!(
+            share <= CPU_BUDGET + MAX_CREDIT_S / 100.0 + 0.001,
+            "{inspected} of {offered} inspected: {share:.3} of a core"
+        );
+        assert!(share >= CPU_BUDGET * 0.9, "budget left unused: {share:.3}");
+        // After a quiet minute the next burst is inspected again.
+        assert!(budget.allow(t0 + Duration::from_secs(160)));
     }
 }
