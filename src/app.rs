@@ -108,6 +108,7 @@ impl App {
             store
         };
         let outbox = Arc::new(store.outbox()?);
+        let store_health = store.health();
         let fresh_engine = {
             let (config, metrics, pseudonyms) =
                 (config.clone(), metrics.clone(), pseudonyms.clone());
@@ -218,6 +219,7 @@ impl App {
             Arc::new(Admin {
                 metrics: metrics.clone(),
                 reader: reader.clone(),
+                store: store_health,
                 ready: ready.clone(),
                 token: admin_token,
                 evidence,

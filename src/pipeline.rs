@@ -327,7 +327,10 @@ impl EngineWorker {
                 .emit(&self.metrics);
                 e.to_string()
             });
-        self.metrics.store_healthy.set(i64::from(result.is_ok()));
+        // From the store's health, not this result: an idle tick with nothing to write proves
+        // nothing about the disk and must not flip the gauge back while commits fail.
+        let healthy = self.store.health().is_ok();
+        self.metrics.store_healthy.set(i64::from(healthy));
         if result.is_ok() {
             // Counted before the producers hear back, so a scrape after the ack sees it.
             for n in &fx.news {

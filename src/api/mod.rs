@@ -1,5 +1,5 @@
-//! The admin listener: `/live`, `/ready`, `/metrics` and the findings API, routed by a plain
-//! `match` on method and path.
+//! The admin listener: `/live`, `/ready`, `/metrics`, the findings API and the store's status,
+//! routed by a plain `match` on method and path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::correlate::finding::{now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
 use crate::privacy::Pseudonymizer;
 use crate::sources::discovery_tap::DiscoveryTap;
-use crate::store::{Cursor, FindingFilter, StoreReader};
+use crate::store::{Cursor, FindingFilter, StoreHealth, StoreReader};
 use crate::telemetry::events::AdminBadRequest;
 use crate::telemetry::metrics::Metrics;
 
@@ -27,6 +27,8 @@ const MAX_LIMIT: usize = 10_000;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub reader: Arc<StoreReader>,
+    /// Whether the store takes writes, for `/api/v1/status`.
+    pub store: Arc<StoreHealth>,
     /// Flips once every listener is bound and state is restored.
     pub ready: Arc<AtomicBool>,
     /// Required for everything but `/live` and `/ready` (the kubelet's probes) when set.
@@ -73,6 +75,9 @@ impl Handler for Admin {
             "/metrics" => self.metrics_page(&request),
             "/api/v1/findings" => self.list(&request).await,
             "/api/v1/watches" => self.watches(),
+            // Not `/ready`: a full disk on crosstalk's volume must not take the application's
+            // pod out of service (crosstalk is a native sidecar); it is reported here instead.
+            "/api/v1/status" => json_response(StatusCode::OK, &json!(self.store.status())),
             "/api/v1/discovery" => self.discovery().await,
             p if p.starts_with("/api/v1/findings/") => {
                 let id = p["/api/v1/findings/".len()..].to_owned();

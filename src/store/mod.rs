@@ -7,6 +7,7 @@
 //!   transaction before any of them is acknowledged;
 //! - [`reader`]: restore at start-up and [`StoreReader`] for the findings API (own connection);
 //! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection);
+//! - [`health`]: [`StoreHealth`], whether commits succeed (`/api/v1/status`);
 //! - [`guard`]: the directory lock and the integrity check before the writer opens (`--repair`).
 
 pub mod guard;
@@ -15,11 +16,13 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+mod health;
 mod outbox;
 mod reader;
 mod schema;
 mod writer;
 
+pub use health::{StoreHealth, StoreStatus};
 pub use outbox::{AlertState, Due, DueAlert, Outbox, Settled};
 pub use reader::{Cursor, FindingFilter, StoreReader};
 pub use writer::Store;

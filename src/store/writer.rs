@@ -2,11 +2,13 @@
 //! [`Effects`] (and queuing their alerts) in one transaction.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 
-use super::{FileCheckpoint, Outbox, StoreError, StoreReader, guard, open_connection, schema};
+use super::{
+    FileCheckpoint, Outbox, StoreError, StoreHealth, StoreReader, guard, open_connection, schema,
+};
 use crate::correlate::engine::Effects;
 
 /// The writer. Owned by the engine thread.
@@ -17,6 +19,8 @@ pub struct Store {
     _lock: guard::DirLock,
     /// Queue an alert for every new or grown finding, in the same transaction.
     alerting: bool,
+    /// What the last attempted commit said, for `/api/v1/status` and the health gauge.
+    health: Arc<StoreHealth>,
 }
 
 impl Store {
@@ -39,12 +43,18 @@ impl Store {
             dir: dir.to_owned(),
             _lock: lock,
             alerting: false,
+            health: Arc::new(StoreHealth::new(dir)),
         })
     }
 
     /// The storage directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether commits succeed, shared with the admin API.
+    pub fn health(&self) -> Arc<StoreHealth> {
+        self.health.clone()
     }
 
     /// Queue alerts for findings from now on (Alertmanager push is configured).
@@ -66,6 +76,7 @@ impl Store {
     }
 
     /// Make one group of batches durable: their effects and file checkpoints, in one transaction.
+    /// The outcome of every attempted commit is recorded in [`Self::health`].
     pub fn commit(
         &mut self,
         fx: &Effects,
@@ -75,6 +86,20 @@ impl Store {
         if fx.is_empty() && fx.news.is_empty() && checkpoints.is_empty() {
             return Ok(());
         }
+        let result = self.write(fx, checkpoints, now_ns);
+        match &result {
+            Ok(()) => self.health.committed(now_ns),
+            Err(e) => self.health.failed(e, now_ns),
+        }
+        result
+    }
+
+    fn write(
+        &mut self,
+        fx: &Effects,
+        checkpoints: &[FileCheckpoint],
+        now_ns: u64,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut scope = tx.prepare_cached(

@@ -526,6 +526,12 @@ fn tokens_guard_the_admin_api_and_the_otlp_listeners() {
         401
     );
     assert_eq!(get(&format!("{admin}/metrics")).status, 401);
+    assert_eq!(get(&format!("{admin}/api/v1/status")).status, 401);
+    let status = get_with(
+        &format!("{admin}/api/v1/status"),
+        &[("authorization", "Bearer adm1n")],
+    );
+    assert_eq!(status.status, 200);
     assert_eq!(
         get_with(
             &format!("{admin}/api/v1/findings"),

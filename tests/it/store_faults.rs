@@ -159,7 +159,10 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
     let disk = Tmpfs::mount(&dir.path().join("data"), "1m");
     let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
     assert_eq!(s.metric("crosstalk_store_healthy"), 1.0);
+    assert_eq!(store_status(&s)["store"], "ok");
     assert_eq!(s.post_traces(&factory_use("alice", "f", 1)).status, 200);
+    let committed = store_status(&s)["last_commit_at"].clone();
+    assert!(committed.is_string(), "no last commit time: {committed}");
 
     let filler = disk.fill();
     let conflict = factory_use("bob", "f", 2);
@@ -178,6 +181,19 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
     );
     assert_eq!(s.metric("crosstalk_store_healthy"), 0.0);
     assert!(s.metric("crosstalk_store_errors_total") >= 3.0);
+    let status = store_status(&s);
+    assert_eq!(status["store"], "degraded", "{status}");
+    let data = dir.path().join("data");
+    assert_eq!(
+        status["reason"].as_str().unwrap(),
+        format!("{}: No space left on device (os error 28)", data.display()),
+        "{status}"
+    );
+    assert!(status["since"].is_string(), "{status}");
+    assert!(status["failed_commits"].as_u64().unwrap() >= 3, "{status}");
+    assert_eq!(status["last_commit_at"], committed, "{status}");
+    // Readiness is a start-up signal: a full disk must not take the application's pod out.
+    assert_eq!(get(&s.admin_url("/ready")).status, 200);
     assert_eq!(
         findings_counted(&s),
         0.0,
@@ -197,6 +213,10 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
         "the retry once space returned"
     );
     assert_eq!(s.metric("crosstalk_store_healthy"), 1.0);
+    let status = store_status(&s);
+    assert_eq!(status["store"], "ok", "{status}");
+    assert!(status.get("reason").is_none(), "{status}");
+    assert_ne!(status["last_commit_at"], committed, "{status}");
     assert_eq!(
         findings_counted(&s),
         1.0,
@@ -210,6 +230,13 @@ fn a_full_disk_refuses_exports_until_space_returns_and_loses_no_conflict() {
     assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
     drop(s);
     drop(disk);
+}
+
+/// `GET /api/v1/status`.
+fn store_status(s: &Server) -> serde_json::Value {
+    let r = get(&s.admin_url("/api/v1/status"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
 }
 
 /// Every `crosstalk_findings_total` series summed (labels vary with the service).
