@@ -132,25 +132,67 @@ fn read_files(
         feed: discovery,
     };
     for name in files {
-        let reader = open_input(name).map_err(|e| InputError {
+        let progress = Progress::of(name);
+        let reader = open_input(name, &progress).map_err(|e| InputError {
             file: name.clone(),
             line: 0,
             message: e.to_string(),
         })?;
-        feed(reader, name, &mut t)?;
+        let fed = feed(reader, name, &mut t);
+        progress.finish();
+        fed?;
         t.fx = Effects::default();
     }
     t.engine.settle_all(Received::now(), &mut t.fx);
     Ok(t.engine)
 }
 
+/// A progress bar over the bytes of one input, on a terminal only: `check` over a large file
+/// takes a while, and output that is not a terminal (CI logs, pipes) stays exactly the report.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn of(name: &str) -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let size = std::fs::metadata(name).ok().filter(|_| name != "-");
+        let bar = match size {
+            Some(m) => indicatif::ProgressBar::new(m.len()).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            ),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        Progress(Some(bar.with_message(name.to_owned())))
+    }
+
+    /// `raw`, counted into the bar as it is read (before any gunzip: the file's own bytes).
+    fn wrap(&self, raw: Box<dyn Read>) -> Box<dyn Read> {
+        match &self.0 {
+            Some(bar) => Box::new(bar.wrap_read(raw)),
+            None => raw,
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// A file (`-` for stdin), transparently gunzipped when it starts with the gzip magic.
-fn open_input(name: &str) -> std::io::Result<Box<dyn BufRead>> {
+fn open_input(name: &str, progress: &Progress) -> std::io::Result<Box<dyn BufRead>> {
     let raw: Box<dyn Read> = if name == "-" {
         Box::new(std::io::stdin())
     } else {
         Box::new(File::open(Path::new(name))?)
     };
+    let raw = progress.wrap(raw);
     let mut buffered = BufReader::with_capacity(64 * 1024, raw);
     let is_gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     Ok(if is_gzip {

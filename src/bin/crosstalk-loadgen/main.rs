@@ -8,6 +8,7 @@
 //! second user's span on it until `GET /api/v1/findings/{id}` answers 200.
 #![forbid(unsafe_code)]
 
+mod fresh;
 mod payload;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,6 +77,17 @@ struct Args {
     /// Print one JSON line of results last.
     #[arg(long)]
     json: bool,
+    /// A never-reused instance id on every watched span (the healthy per-request service);
+    /// OTLP/HTTP only.
+    #[arg(long, conflicts_with = "grpc")]
+    fresh_instances: bool,
+    /// Stop after about this many spans (0: run for --duration).
+    #[arg(long, default_value_t = 0)]
+    total_spans: u64,
+    /// Write --total-spans spans as OTLP JSON lines (one export request per line) to this file
+    /// instead of sending them.
+    #[arg(long, value_name = "FILE")]
+    write_jsonl: Option<std::path::PathBuf>,
 }
 
 /// Counters shared by the sender threads.
@@ -100,8 +112,18 @@ fn main() -> std::process::ExitCode {
     };
     let now = payload::now_ns();
     let mut generator = Generator::new(shape.clone(), 1);
+    if let Some(path) = &args.write_jsonl {
+        return write_jsonl(path, &mut generator, args.total_spans, now);
+    }
+    let mut fresh_ids = 0;
     let batches: Vec<ExportTraceServiceRequest> = (0..args.distinct_batches.max(1))
         .map(|_| generator.batch(now))
+        .map(|mut batch| {
+            if args.fresh_instances {
+                fresh::mark(&mut batch, &mut fresh_ids);
+            }
+            batch
+        })
         .collect();
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,6 +204,37 @@ fn report(
     }
 }
 
+/// `crosstalk check` input: OTLP JSON lines, one export request per line, about `total` spans.
+fn write_jsonl(
+    path: &std::path::Path,
+    generator: &mut Generator,
+    total: u64,
+    now: u64,
+) -> std::process::ExitCode {
+    let mut write = || -> std::io::Result<u64> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut spans = 0;
+        while spans < total.max(1) {
+            let batch = generator.batch(now);
+            serde_json::to_writer(&mut out, &batch)?;
+            out.write_all(b"\n")?;
+            spans += generator.shape.spans as u64;
+        }
+        out.flush()?;
+        Ok(spans)
+    };
+    match write() {
+        Ok(spans) => {
+            println!("wrote {spans} spans to {}", path.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crosstalk-loadgen: writing {}: {e}", path.display());
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// The `q` quantile in milliseconds (NaN when empty).
 fn percentile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {
@@ -216,10 +269,18 @@ fn run_http(
     let gap = pacing(args);
     let connections = args.connections;
     let batch = args.batch as u64;
+    let (fresh_instances, total_spans) = (args.fresh_instances, args.total_spans);
     let threads: Vec<_> = (0..args.connections)
         .map(|c| {
             let (bodies, totals, stop) = (bodies.clone(), totals.clone(), stop.clone());
             std::thread::spawn(move || {
+                // Fresh ids are stamped per send, so each connection owns its copies.
+                let mut owned: Vec<fresh::Stampable> = if fresh_instances {
+                    bodies.iter().cloned().map(fresh::Stampable::new).collect()
+                } else {
+                    Vec::new()
+                };
+                let mut round = 0u64;
                 let mut latencies = Vec::new();
                 let mut conn = match HttpConn::open(addr) {
                     Ok(conn) => conn,
@@ -232,11 +293,22 @@ fn run_http(
                 let mut next = Instant::now() + stagger(gap, c, connections);
                 let mut i = c;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    if total_spans > 0 && totals.spans.load(Ordering::Relaxed) >= total_spans {
+                        break;
+                    }
                     if let Some(gap) = gap {
                         std::thread::sleep(next.saturating_duration_since(Instant::now()));
                         next += gap;
                     }
-                    let body = &bodies[i % bodies.len()];
+                    let body = if owned.is_empty() {
+                        &bodies[i % bodies.len()]
+                    } else {
+                        let n = owned.len();
+                        let stampable = &mut owned[i % n];
+                        round += 1;
+                        stampable.stamp(fresh::tag(c, round));
+                        &stampable.body
+                    };
                     i += 1;
                     let sent = Instant::now();
                     match conn.post("/v1/traces", "application/x-protobuf", body) {
