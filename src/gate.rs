@@ -167,7 +167,10 @@ impl Progress {
             ),
             None => indicatif::ProgressBar::new_spinner(),
         };
-        Progress(Some(bar.with_message(name.to_owned())))
+        let bar = bar.with_message(name.to_owned());
+        // Drawn at once: a file read in less than the redraw interval still shows what it was.
+        bar.tick();
+        Progress(Some(bar))
     }
 
     /// `raw`, counted into the bar as it is read (before any gunzip: the file's own bytes).

@@ -57,6 +57,37 @@ fn collector_file_without_a_leak_exits_0() {
 }
 
 #[test]
+fn check_shows_progress_on_a_terminal_and_nothing_extra_in_a_pipe() {
+    let file = fixture("collector-clean.jsonl");
+    let size = std::fs::metadata(&file).unwrap().len();
+    let total = indicatif::HumanBytes(size).to_string();
+
+    let piped = check(&[file.to_str().unwrap()]);
+    assert_eq!(piped.status.code(), Some(0));
+    assert!(
+        piped.stderr.is_empty(),
+        "stderr of a piped check: {}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(!stdout(&piped).contains(&total), "{}", stdout(&piped));
+
+    // `script` gives the command a pseudo-terminal, as an engineer's shell would.
+    let command = format!("{BIN} check {}", file.display());
+    let tty = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux runs the check on a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains(&format!("/{total}")),
+        "no progress bar over {total} on the terminal: {screen:?}"
+    );
+    assert!(screen.contains("no cross-user leaks"), "{screen}");
+}
+
+#[test]
 fn malformed_file_exits_2_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
