@@ -7,7 +7,7 @@
 //!  event files┘    per task)                                       └─> findings API (api/)
 //! ```
 //!
-//! A newcomer follows one span: [`sources::otlp_http`] reads the request,
+//! A newcomer follows one span: [`sources::otlp::http`] reads the request,
 //! [`normalize::otlp_fast`] reads each span of a protobuf body straight from its bytes
 //! ([`normalize::otlp`] does the same from a decoded message: JSON, gRPC) into an
 //! [`normalize::Observation`], [`pipeline`] queues the batch to the engine thread,

@@ -1,8 +1,9 @@
 //! Sources: where observations come in.
 //!
-//! - [`otlp_http`]: OTLP/HTTP `/v1/traces`, `/v1/logs` and the NDJSON `/v1/events` endpoint;
-//! - [`otlp_grpc`]: OTLP/gRPC `TraceService/Export` and `LogsService/Export`;
-//! - [`events_file`]: tails WebSocket event logs with checkpointed offsets;
+//! - [`otlp`]: OTLP/HTTP `/v1/traces`, `/v1/logs` ([`otlp::http`], which also routes
+//!   `/v1/events`) and OTLP/gRPC `TraceService/Export`, `LogsService/Export` ([`otlp::grpc`]);
+//! - [`events`]: WebSocket event lines, posted to `/v1/events` ([`events::http`]) or tailed from
+//!   log files with checkpointed offsets ([`events::file`]);
 //! - [`discovery_tap`]: hands a sampled copy of each accepted export to discovery.
 //!
 //! Every source normalizes in its own task and submits through [`submit_and_wait`], which
@@ -10,9 +11,8 @@
 
 pub mod body;
 pub mod discovery_tap;
-pub mod events_file;
-pub mod otlp_grpc;
-pub mod otlp_http;
+pub mod events;
+pub mod otlp;
 
 use std::sync::Arc;
 

@@ -33,10 +33,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::normalize::{Tally, otlp};
 use crate::sources::discovery_tap::Export;
+use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_grpc";

@@ -23,13 +23,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use serde_json::json;
 
-use super::body::read_body;
-use super::{IngestContext, SubmitError};
 use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, json as json_response, media_type, respond};
 use crate::normalize::events::observe_event_value;
 use crate::normalize::{Observation, Tally, events::observe_event_line, otlp, otlp_fast};
+use crate::sources::body::read_body;
 use crate::sources::discovery_tap::Export;
+use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
 
 const SOURCE: &str = "otlp_http";

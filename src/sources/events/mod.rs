@@ -1,0 +1,3 @@
+//! WebSocket event lines: tailed from log files ([`file`]).
+
+pub mod file;
