@@ -48,7 +48,32 @@ pub enum SubmitError {
     Store(String),
 }
 
+impl SubmitError {
+    /// The `reason` label a refusal is counted under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SubmitError::QueueFull => "queue_full",
+            SubmitError::Stopped => "shutting_down",
+            SubmitError::Store(_) => "store_error",
+        }
+    }
+}
+
 impl IngestContext {
+    /// Read a request body within this listener's compressed and decompressed limits.
+    pub async fn read_body(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> Result<bytes::Bytes, body::BodyError> {
+        let limits = &self.limits;
+        body::read_body(
+            request,
+            limits.max_body_bytes,
+            limits.max_decompressed_bytes,
+        )
+        .await
+    }
+
     /// Count a payload's per-item rejections under `source`, and its corrected span times.
     pub fn count_rejections(&self, source: &str, tally: &Tally) {
         for (reason, n) in &tally.rejected {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::lines::{Cut, LineCutter, numbered};
 use crate::config::StartAt;
 use crate::correlate::Received;
 use crate::normalize::Extractor;
@@ -45,12 +46,10 @@ struct OpenFile {
     file: File,
     dev: u64,
     ino: u64,
-    /// Offset of the first byte not yet committed (start of `pending`).
+    /// Offset of the first byte not yet committed (where the cutter's unfinished line starts).
     committed: u64,
-    /// Bytes read past `committed` that do not yet end in a newline.
-    pending: Vec<u8>,
-    /// Inside an over-long line: how many of its bytes were dropped so far (0: not skipping).
-    skipping: u64,
+    /// Holds what was read past `committed` but does not yet end in a newline.
+    cutter: LineCutter,
 }
 
 impl OpenFile {
@@ -64,8 +63,7 @@ impl OpenFile {
             dev: meta.dev(),
             ino: meta.ino(),
             committed: offset,
-            pending: Vec::new(),
-            skipping: 0,
+            cutter: LineCutter::default(),
         })
     }
 }
@@ -144,50 +142,20 @@ impl Tailer {
     fn drain(&self, open: &mut OpenFile) -> std::io::Result<bool> {
         let max_line = self.extractor.max_line_bytes;
         let mut chunk = vec![0u8; READ_CHUNK];
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        let mut line = std::mem::take(&mut open.pending);
-        // File bytes past `committed` that complete lines (or whole skipped lines) cover.
-        let mut consumed = 0u64;
-        let mut too_long = 0u64;
+        let mut cut = Cut::default();
         let mut eof = false;
-        while lines.len() < BATCH_LINES {
+        while cut.lines.len() < BATCH_LINES {
             let n = open.file.read(&mut chunk)?;
             if n == 0 {
                 eof = true;
                 break;
             }
-            let mut data = &chunk[..n];
-            while let Some(pos) = data.iter().position(|b| *b == b'\n') {
-                if open.skipping > 0 {
-                    consumed += open.skipping + pos as u64 + 1;
-                    open.skipping = 0;
-                } else {
-                    line.extend_from_slice(&data[..pos]);
-                    consumed += line.len() as u64 + 1;
-                    lines.push(std::mem::take(&mut line));
-                }
-                data = &data[pos + 1..];
-            }
-            if open.skipping > 0 {
-                open.skipping += data.len() as u64;
-            } else {
-                line.extend_from_slice(data);
-                // An unfinished line past the limit: count it once, drop its bytes as they come.
-                if line.len() > max_line {
-                    too_long += 1;
-                    open.skipping = line.len() as u64;
-                    line = Vec::new();
-                }
-            }
+            open.cutter.feed(&chunk[..n], max_line, &mut cut);
         }
         let received = Received::now();
-        let mut observations = Vec::with_capacity(lines.len());
+        let mut observations = Vec::with_capacity(cut.lines.len());
         let mut accepted = 0u64;
-        for raw in &lines {
-            let text = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if text.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for (_, text) in numbered(cut.lines.iter().map(Vec::as_slice)) {
             match observe_event_line(text, &self.extractor, received.wall_ns) {
                 Ok(obs) => {
                     accepted += 1;
@@ -204,26 +172,25 @@ impl Tailer {
         Rejected {
             source: SOURCE,
             reason: "line_too_long",
-            n: too_long,
+            n: cut.too_long,
         }
         .emit(&self.metrics);
-        if consumed > 0 {
+        if cut.consumed > 0 {
             let checkpoint = FileCheckpoint {
                 path: self.path.to_string_lossy().into_owned(),
                 dev: open.dev,
                 ino: open.ino,
-                offset: open.committed + consumed,
+                offset: open.committed + cut.consumed,
             };
             self.submit(observations, received, accepted, checkpoint)?;
-            open.committed += consumed;
+            open.committed += cut.consumed;
         }
-        open.pending = line;
         Ok(!eof)
     }
 
     /// The file position: committed, plus what is read but not yet part of a complete line.
     fn position(open: &OpenFile) -> u64 {
-        open.committed + open.pending.len() as u64 + open.skipping
+        open.committed + open.cutter.buffered()
     }
 
     /// Submit and wait until durable, retrying a failed commit; the tail does not move on.

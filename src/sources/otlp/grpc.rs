@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -33,8 +33,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::{Answer, admit, answer};
 use crate::correlate::Received;
-use crate::normalize::{Tally, otlp};
+use crate::normalize::{Extractor, Observation, Tally, otlp};
 use crate::sources::discovery_tap::Export;
 use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
@@ -52,24 +53,39 @@ impl OtlpGrpc {
         OtlpGrpc { ctx }
     }
 
-    fn refuse(&self, e: SubmitError) -> Status {
-        let reason = match e {
-            SubmitError::QueueFull => "queue_full",
-            SubmitError::Stopped => "shutting_down",
-            SubmitError::Store(_) => "store_error",
-        };
-        Rejected {
-            source: SOURCE,
-            reason,
-            n: 1,
+    /// Normalize, admit, offer to discovery and answer: the same for traces and logs.
+    async fn export<Req, Resp: Answer>(
+        &self,
+        request: Request<Req>,
+        signal: &'static str,
+        observe: fn(&Req, &Extractor, u64, &mut Tally) -> Vec<Observation>,
+        tap: fn(Box<Req>) -> Export,
+    ) -> Result<Response<Resp>, Status> {
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let obs = observe(
+            request.get_ref(),
+            &self.ctx.extractor,
+            received.wall_ns,
+            &mut tally,
+        );
+        admit(&self.ctx, SOURCE, obs, received, &tally, signal, "grpc")
+            .await
+            .map_err(unavailable)?;
+        if let Some(discovery) = &self.ctx.discovery {
+            discovery.offer(|| tap(Box::new(request.into_inner())));
         }
-        .emit(&self.ctx.metrics);
-        Status::with_error_details(
-            Code::Unavailable,
-            e.to_string(),
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-        )
+        Ok(Response::new(answer(&tally)))
     }
+}
+
+/// A refusal as `UNAVAILABLE` with a `RetryInfo` detail, which exporters retry after the delay.
+fn unavailable(e: SubmitError) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        e.to_string(),
+        ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+    )
 }
 
 #[tonic::async_trait]
@@ -78,28 +94,14 @@ impl TraceService for OtlpGrpc {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let received = Received::now();
-        let mut tally = Tally::default();
-        let obs = otlp::observe_traces(
-            request.get_ref(),
-            &self.ctx.extractor,
-            received.wall_ns,
-            &mut tally,
-        );
-        self.ctx
-            .submit_and_wait(obs, received, "traces", "grpc", tally.accepted())
-            .await
-            .map_err(|e| self.refuse(e))?;
-        self.ctx.count_rejections(SOURCE, &tally);
-        if let Some(tap) = &self.ctx.discovery {
-            tap.offer(|| Export::Traces(Box::new(request.into_inner())));
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (tally.rejected_total() > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: tally.rejected_total() as i64,
-                error_message: tally.error_message().unwrap_or_default(),
-            }),
-        }))
+        OtlpGrpc::export(
+            self,
+            request,
+            "traces",
+            otlp::observe_traces,
+            Export::Traces,
+        )
+        .await
     }
 }
 
@@ -125,28 +127,7 @@ impl LogsService for OtlpGrpc {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let received = Received::now();
-        let mut tally = Tally::default();
-        let obs = otlp::observe_logs(
-            request.get_ref(),
-            &self.ctx.extractor,
-            received.wall_ns,
-            &mut tally,
-        );
-        self.ctx
-            .submit_and_wait(obs, received, "logs", "grpc", tally.accepted())
-            .await
-            .map_err(|e| self.refuse(e))?;
-        self.ctx.count_rejections(SOURCE, &tally);
-        if let Some(tap) = &self.ctx.discovery {
-            tap.offer(|| Export::Logs(Box::new(request.into_inner())));
-        }
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (tally.rejected_total() > 0).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: tally.rejected_total() as i64,
-                error_message: tally.error_message().unwrap_or_default(),
-            }),
-        }))
+        OtlpGrpc::export(self, request, "logs", otlp::observe_logs, Export::Logs).await
     }
 }
 
