@@ -101,6 +101,7 @@ impl App {
         .await
         .expect("store task panicked")?;
         let reader = Arc::new(store.reader()?);
+        let triage = Arc::new(store.triage()?);
         let pseudonyms = pseudonymizer(&config)?;
         let store = if config.alertmanager.is_some() {
             store.with_alerting()
@@ -226,6 +227,7 @@ impl App {
                 discovery,
                 pseudonyms: (config.privacy.user_ids == crate::config::UserIds::Hmac)
                     .then(|| pseudonyms.clone()),
+                triage,
             }),
             tls.as_ref().map(|t| t.acceptor.clone()),
             shutdown.clone(),

@@ -11,13 +11,15 @@ use serde_json::json;
 
 use crate::correlate::FindingKind;
 use crate::correlate::evidence::Evidence;
-use crate::correlate::finding::{now_ns, parse_rfc3339};
+use crate::correlate::finding::{FindingState, now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
 use crate::privacy::Pseudonymizer;
 use crate::sources::discovery_tap::DiscoveryTap;
-use crate::store::{Cursor, FindingFilter, StoreHealth, StoreReader};
+use crate::store::{Cursor, FindingFilter, StoreHealth, StoreReader, Triage};
 use crate::telemetry::events::AdminBadRequest;
 use crate::telemetry::metrics::Metrics;
+
+mod actions;
 
 /// Findings a list returns unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -39,18 +41,21 @@ pub struct Admin {
     pub discovery: Option<Arc<DiscoveryTap>>,
     /// Set in `hmac` mode: discovery's example users are shown as pseudonyms.
     pub pseudonyms: Option<Pseudonymizer>,
+    /// Acknowledging and resolving findings (`POST /api/v1/findings/{id}/ack|resolve`).
+    pub triage: Arc<Triage>,
 }
 
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
+        let path = request.uri().path().to_owned();
+        let post = request.method() == Method::POST;
+        if !post && request.method() != Method::GET && request.method() != Method::HEAD {
             AdminBadRequest {
                 reason: "method_not_allowed",
             }
             .emit(&self.metrics);
-            return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET (or POST to act)");
         }
-        let path = request.uri().path().to_owned();
         let open = matches!(path.as_str(), "/live" | "/ready");
         if let Some(token) = self.token.as_ref().filter(|_| !open) {
             if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
@@ -65,6 +70,9 @@ impl Handler for Admin {
                 );
                 return r;
             }
+        }
+        if post {
+            return self.act(request, &path).await;
         }
         match path.as_str() {
             "/live" => respond(StatusCode::OK, "text/plain", "live\n"),
@@ -189,8 +197,9 @@ fn decode_cursor(token: &str) -> Option<Cursor> {
     })
 }
 
-/// `type`, `watch`, `since` (RFC 3339, or a duration back from now like `15m`), `limit`
-/// (1..=10000) and `cursor` (the `next` token of the previous page; `next=` works too).
+/// `type`, `watch`, `state` (open, acknowledged, resolved), `since` (RFC 3339, or a duration
+/// back from now like `15m`), `limit` (1..=10000) and `cursor` (the `next` token of the previous
+/// page; `next=` works too).
 pub fn parse_filter(query: &str) -> Result<FindingFilter, String> {
     let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
@@ -207,6 +216,11 @@ pub fn parse_filter(query: &str) -> Result<FindingFilter, String> {
                 })?)
             }
             "watch" => filter.watch = Some(value),
+            "state" => {
+                filter.state = Some(FindingState::parse(&value).ok_or_else(|| {
+                    format!("state `{value}` is not open, acknowledged or resolved")
+                })?)
+            }
             "since" => {
                 let ns = parse_rfc3339(&value)
                     .or_else(|| {
@@ -253,6 +267,9 @@ mod tests {
         assert_eq!(f.since_ns, Some(1_767_323_045_000_000_000));
         assert!(parse_filter("since=15m").unwrap().since_ns.is_some());
         assert!(parse_filter("type=other").is_err());
+        let f = parse_filter("state=acknowledged").unwrap();
+        assert_eq!(f.state, Some(FindingState::Acknowledged));
+        assert!(parse_filter("state=closed").is_err());
         assert!(parse_filter("since=whenever").is_err());
         assert!(parse_filter("colour=red").is_err());
     }

@@ -326,6 +326,8 @@ pub(super) struct RawWatch {
     pub severity: String,
     #[serde(default)]
     pub expected: bool,
+    #[serde(default)]
+    pub allow_instances: Vec<String>,
 }
 
 fn default_policy() -> String {

@@ -195,3 +195,18 @@ fn discovery_is_on_by_default_and_its_keys_are_checked() {
     }
     assert!(Config::from_toml("[discovery]\nbogus = 1\n").is_err());
 }
+
+#[test]
+fn allow_instances_are_listed_and_checked() {
+    let c = Config::from_toml(
+        "[[watch]]\nname = \"cache\"\nattribute = \"a\"\nallow_instances = [\"shared-ro\"]\n",
+    )
+    .unwrap();
+    assert!(c.watches[0].allows_instance("shared-ro"));
+    assert!(!c.watches[0].allows_instance("other"));
+    assert!(c.watches[0].summary().contains("allow_instances shared-ro"));
+    let e =
+        Config::from_toml("[[watch]]\nname = \"w\"\nattribute = \"a\"\nallow_instances = [\"\"]\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("watch[0].allow_instances"), "{e}");
+}

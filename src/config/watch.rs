@@ -21,7 +21,13 @@ pub struct Watch {
     /// Must see traffic (`expected = true`): the CrosstalkExpectedWatchNeverObserved alert pages
     /// when it never does; other watches never observed are only reported.
     pub expected: bool,
+    /// Instance ids that may serve many principals (a deliberately shared read-only cache): no
+    /// finding for them; the watch's other instances are judged as ever.
+    pub allow_instances: Vec<String>,
 }
+
+/// `allow_instances` entries per watch at most: a short list of known exceptions, not a registry.
+const MAX_ALLOW_INSTANCES: usize = 1000;
 
 /// How many distinct principals an instance may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +93,13 @@ impl Named for Severity {
 impl Watch {
     /// One line for `config check`: what is watched and how it is judged.
     pub fn summary(&self) -> String {
+        let allowed = if self.allow_instances.is_empty() {
+            String::new()
+        } else {
+            format!(", allow_instances {}", self.allow_instances.join(", "))
+        };
         format!(
-            "{} = {} (policy {}, scope {}, boundary {}, retention {}, severity {})",
+            "{} = {} (policy {}, scope {}, boundary {}, retention {}, severity {}{allowed})",
             self.name,
             self.attribute,
             self.policy.name(),
@@ -97,6 +108,11 @@ impl Watch {
             humantime::format_duration(self.retention),
             self.severity.name()
         )
+    }
+
+    /// Whether instance `id` is one this watch lets serve many principals.
+    pub fn allows_instance(&self, id: &str) -> bool {
+        self.allow_instances.iter().any(|a| a == id)
     }
 }
 
@@ -170,7 +186,20 @@ fn resolve_watch(i: usize, w: RawWatch, has_tenant_attributes: bool) -> Result<W
     if retention.is_zero() {
         return Err(invalid(key("retention"), "must be greater than 0"));
     }
+    if w.allow_instances.len() > MAX_ALLOW_INSTANCES {
+        return Err(invalid(
+            key("allow_instances"),
+            format!("{MAX_ALLOW_INSTANCES} instances at most"),
+        ));
+    }
+    if w.allow_instances.iter().any(String::is_empty) {
+        return Err(invalid(
+            key("allow_instances"),
+            "an instance id must not be empty",
+        ));
+    }
     Ok(Watch {
+        allow_instances: w.allow_instances,
         name: w.name,
         attribute: w.attribute,
         policy,

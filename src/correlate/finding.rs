@@ -103,6 +103,56 @@ pub struct Finding {
     pub detected_at: String,
     pub last_seen: String,
     pub evidence: Vec<Evidence>,
+    /// Where people are with it: `open` until acknowledged or resolved through the API; a new
+    /// user reopens a resolved finding. The store holds it beside the finding (the engine's
+    /// copy is always `open`), so it survives restarts and the engine never overwrites it.
+    #[serde(default)]
+    pub state: FindingState,
+    /// Who last set `state`, when, and why (crosstalk itself when it reopened the finding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_change: Option<StateChange>,
+}
+
+/// Where a finding is in its triage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingState {
+    /// Alerts are sent (and re-sent) for it.
+    #[default]
+    Open,
+    /// Someone is on it: no more alerts, even when it grows.
+    Acknowledged,
+    /// Fixed, as far as people know: reopens when it gains a user it did not list.
+    Resolved,
+}
+
+impl FindingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingState::Open => "open",
+            FindingState::Acknowledged => "acknowledged",
+            FindingState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(FindingState::Open),
+            "acknowledged" => Some(FindingState::Acknowledged),
+            "resolved" => Some(FindingState::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// The last change of a finding's `state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// Who: the `by` of the API request, or `crosstalk` for a reopening.
+    pub by: String,
+    /// When, RFC 3339.
+    pub at: String,
+    pub note: String,
 }
 
 /// What a finding is about: everything fixed when it is raised. Its id derives from
@@ -175,6 +225,8 @@ impl Finding {
             detected_at: rfc3339(detected_ns),
             last_seen: rfc3339(first_seen_ns),
             evidence: Vec::new(),
+            state: FindingState::Open,
+            state_change: None,
         }
     }
 

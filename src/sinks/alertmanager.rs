@@ -3,8 +3,11 @@
 //! The engine's commit queues one outbox row per new or grown finding in the same transaction as
 //! the finding, so neither an Alertmanager outage nor a crosstalk restart loses an alert: this
 //! task sends whatever is due, re-sends while firing, backs off on failure, and resolves (sends
-//! `endsAt`) once the instance has been quiet for `resolve_after`. User ids leave only as HMAC
-//! pseudonyms. The store owns the outbox's SQL; this task only asks it what is due.
+//! `endsAt`) once the instance has been quiet for `resolve_after`. A finding someone acknowledged
+//! or resolved is sent once as ended and then never again (Alertmanager has no "acknowledged":
+//! ending the alert stops its notifications at once, where merely not re-sending would keep it
+//! active until its `endsAt`, up to four resend intervals); a new user reopening a resolved
+//! finding fires it again. User ids leave only as HMAC pseudonyms. The store owns the outbox's SQL; this task only asks it what is due.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,10 +93,12 @@ impl AlertSender {
         let now = now_ns();
         let quiet =
             now.saturating_sub(item.last_seen_ns) > self.config.resolve_after.as_nanos() as u64;
-        let body = self.payload(&item.finding, quiet, now);
+        let body = self.payload(&item.finding, quiet || item.ending, now);
         if self.post(client, url, body).await {
             self.metrics.alerts_sent.inc();
-            let (state, due_ns) = if quiet {
+            let (state, due_ns) = if item.ending {
+                (AlertState::Silenced, u64::MAX)
+            } else if quiet {
                 (AlertState::Resolved, u64::MAX)
             } else {
                 let resend = self.config.resend_interval.as_nanos() as u64;
@@ -109,7 +114,11 @@ impl AlertSender {
         self.metrics.alert_failures.inc();
         let backoff = (1u64 << item.attempts.min(6)).min(MAX_BACKOFF_S);
         Settled {
-            state: AlertState::Firing,
+            state: if item.ending {
+                AlertState::Ending
+            } else {
+                AlertState::Firing
+            },
             due_ns: now.saturating_add(backoff * 1_000_000_000),
             attempts: item.attempts.saturating_add(1),
             sent_ns: None,
@@ -218,6 +227,12 @@ impl AlertSender {
         // Where the shared instance was made, when the service reported it (the kit does).
         if let Some(origin) = f.evidence.iter().find_map(|e| e.origin.as_deref()) {
             alert["annotations"]["origin"] = json!(origin);
+        }
+        // Ended because someone acknowledged or resolved it: say so to whoever reads the
+        // resolved notification.
+        if let Some(change) = &f.state_change {
+            alert["annotations"]["state"] = json!(f.state.as_str());
+            alert["annotations"]["state_by"] = json!(change.by);
         }
         json!([alert]).to_string()
     }

@@ -8,6 +8,7 @@
 //! - [`reader`]: restore at start-up and [`StoreReader`] for the findings API (own connection);
 //! - [`outbox`]: [`Outbox`], the alert sender's view of due alerts (own connection);
 //! - [`health`]: [`StoreHealth`], whether commits succeed (`/api/v1/status`);
+//! - [`triage`]: [`Triage`], people acknowledging and resolving findings (own connection);
 //! - [`guard`]: the directory lock and the integrity check before the writer opens (`--repair`).
 
 pub mod guard;
@@ -20,11 +21,13 @@ mod health;
 mod outbox;
 mod reader;
 mod schema;
+mod triage;
 mod writer;
 
 pub use health::{StoreHealth, StoreStatus};
 pub use outbox::{AlertState, Due, DueAlert, Outbox, Settled};
 pub use reader::{Cursor, FindingFilter, StoreReader};
+pub use triage::{StateRequest, Triage, Triaged};
 pub use writer::Store;
 
 /// Why the store failed.

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{FileCheckpoint, Store, StoreError};
 use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, RestoredScope};
 use crate::correlate::evidence::SeenRow;
+use crate::correlate::finding::{FindingState, StateChange, rfc3339};
 use crate::correlate::{Finding, FindingKind};
 
 impl Store {
@@ -131,6 +132,8 @@ pub struct FindingFilter {
     /// Findings detected or updated at or after this time (Unix ns).
     pub since_ns: Option<u64>,
     pub limit: usize,
+    /// Only findings in this triage state.
+    pub state: Option<FindingState>,
     /// Resume after this position (the last finding of the previous page).
     pub after: Option<Cursor>,
 }
@@ -155,10 +158,11 @@ impl StoreReader {
     ) -> Result<(Vec<Finding>, Option<Cursor>), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(
-            "SELECT body, detected_ns, id FROM findings
+            "SELECT body, detected_ns, id, state, state_by, state_note, state_ns FROM findings
              WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR watch = ?2)
                AND (?3 IS NULL OR detected_ns >= ?3 OR last_seen_ns >= ?3)
                AND (?5 IS NULL OR detected_ns < ?5 OR (detected_ns = ?5 AND id > ?6))
+               AND (?7 IS NULL OR state = ?7)
              ORDER BY detected_ns DESC, id LIMIT ?4",
         )?;
         let after = filter.after.as_ref();
@@ -171,10 +175,11 @@ impl StoreReader {
                 filter.limit as i64 + 1,
                 after.map(|c| c.detected_ns as i64),
                 after.map(|c| c.id.as_str()),
+                filter.state.map(FindingState::as_str),
             ],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    StoredFinding::row(r)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
                 ))
@@ -183,11 +188,11 @@ impl StoreReader {
         let mut out = Vec::new();
         let mut last = None;
         for row in rows {
-            let (body, detected, id) = row?;
+            let (stored, detected, id) = row?;
             if out.len() == filter.limit {
                 return Ok((out, last));
             }
-            out.push(serde_json::from_str(&body)?);
+            out.push(stored.finding()?);
             last = Some(Cursor {
                 detected_ns: detected as u64,
                 id,
@@ -199,14 +204,52 @@ impl StoreReader {
     /// One finding by id.
     pub fn finding(&self, id: &str) -> Result<Option<Finding>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let body: Option<String> = conn
-            .query_row("SELECT body FROM findings WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(match body {
-            Some(b) => Some(serde_json::from_str(&b)?),
-            None => None,
+        finding_by_id(&conn, id)
+    }
+}
+
+/// One finding by id, its triage state from the columns that hold it.
+pub(super) fn finding_by_id(conn: &Connection, id: &str) -> Result<Option<Finding>, StoreError> {
+    let stored = conn
+        .query_row(
+            "SELECT body, detected_ns, id, state, state_by, state_note, state_ns
+             FROM findings WHERE id = ?1",
+            [id],
+            StoredFinding::row,
+        )
+        .optional()?;
+    stored.map(StoredFinding::finding).transpose()
+}
+
+/// A finding row: the engine's body and the API's triage columns, read by column name.
+pub(super) struct StoredFinding {
+    body: String,
+    state: String,
+    by: Option<String>,
+    note: Option<String>,
+    at_ns: Option<i64>,
+}
+
+impl StoredFinding {
+    pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StoredFinding {
+            body: r.get("body")?,
+            state: r.get("state")?,
+            by: r.get("state_by")?,
+            note: r.get("state_note")?,
+            at_ns: r.get("state_ns")?,
         })
+    }
+
+    /// The finding as the API shows it: the body with the stored state laid over it.
+    pub(super) fn finding(self) -> Result<Finding, StoreError> {
+        let mut f: Finding = serde_json::from_str(&self.body)?;
+        f.state = FindingState::parse(&self.state).unwrap_or_default();
+        f.state_change = self.by.map(|by| StateChange {
+            by,
+            at: rfc3339(self.at_ns.unwrap_or(0).max(0) as u64),
+            note: self.note.unwrap_or_default(),
+        });
+        Ok(f)
     }
 }

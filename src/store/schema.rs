@@ -48,6 +48,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         first_s INTEGER NOT NULL, last_s INTEGER NOT NULL,
         PRIMARY KEY (watch, service)
      ) WITHOUT ROWID;",
+    // 5: triage state, set through the API; existing findings are open. Beside the body (which
+    // the engine rewrites as the finding grows) so the engine never overwrites it.
+    "ALTER TABLE findings ADD COLUMN state TEXT NOT NULL DEFAULT 'open';
+     ALTER TABLE findings ADD COLUMN state_by TEXT;
+     ALTER TABLE findings ADD COLUMN state_note TEXT;
+     ALTER TABLE findings ADD COLUMN state_ns INTEGER;",
 ];
 
 /// Bring the database to the newest schema; refuse one newer than this build understands.

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 
 use super::{
-    FileCheckpoint, Outbox, StoreError, StoreHealth, StoreReader, guard, open_connection, schema,
+    FileCheckpoint, Outbox, StoreError, StoreHealth, StoreReader, Triage, guard, open_connection,
+    schema,
 };
 use crate::correlate::engine::Effects;
 
@@ -68,6 +69,11 @@ impl Store {
         Ok(StoreReader {
             conn: Mutex::new(open_connection(&self.dir)?),
         })
+    }
+
+    /// Acknowledging and resolving findings, on its own connection, for the API.
+    pub fn triage(&self) -> Result<Triage, StoreError> {
+        Ok(Triage::new(open_connection(&self.dir)?))
     }
 
     /// The alert outbox on its own connection, for the alert sender.
@@ -136,9 +142,13 @@ impl Store {
             for e in &fx.evicted {
                 evict.execute(params![e.watch, e.scope_key, e.instance])?;
             }
+            // An upsert, not a replace: the triage columns belong to the API.
             let mut finding = tx.prepare_cached(
-                "INSERT OR REPLACE INTO findings (id, type, watch, scope_key, detected_ns, last_seen_ns, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO findings (id, type, watch, scope_key, detected_ns, last_seen_ns, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET type = excluded.type, watch = excluded.watch,
+                    scope_key = excluded.scope_key, detected_ns = excluded.detected_ns,
+                    last_seen_ns = excluded.last_seen_ns, body = excluded.body",
             )?;
             for r in &fx.findings {
                 finding.execute(params![
@@ -187,10 +197,22 @@ impl Store {
                     e.last_s as i64
                 ])?;
             }
+            // A user the finding did not list reopens a resolved one (before its alert is queued).
+            let mut reopen = tx.prepare_cached(
+                "UPDATE findings SET state = 'open', state_by = 'crosstalk', state_ns = ?2,
+                    state_note = 'reopened: a user it did not list'
+                 WHERE id = ?1 AND state = 'resolved'",
+            )?;
+            for n in fx.news.iter().filter(|n| n.users > 0) {
+                reopen.execute(params![n.id, now_ns as i64])?;
+            }
             if self.alerting {
                 // New or grown: send now. Merely used again: re-arm only if it had resolved.
+                // Only open findings alert: acknowledged and resolved ones stay silent.
                 let mut news = tx.prepare_cached(
-                    "INSERT INTO alert_outbox (finding_id, state, due_ns, attempts) VALUES (?1, 'firing', ?2, 0)
+                    "INSERT INTO alert_outbox (finding_id, state, due_ns, attempts)
+                     SELECT ?1, 'firing', ?2, 0 WHERE EXISTS
+                        (SELECT 1 FROM findings WHERE id = ?1 AND state = 'open')
                      ON CONFLICT (finding_id) DO UPDATE SET state = 'firing', due_ns = ?2, attempts = 0",
                 )?;
                 for n in &fx.news {
@@ -198,7 +220,8 @@ impl Store {
                 }
                 let mut rearm = tx.prepare_cached(
                     "UPDATE alert_outbox SET state = 'firing', due_ns = ?2, attempts = 0
-                     WHERE finding_id = ?1 AND state = 'resolved'",
+                     WHERE finding_id = ?1 AND state = 'resolved' AND EXISTS
+                        (SELECT 1 FROM findings WHERE id = ?1 AND state = 'open')",
                 )?;
                 for r in &fx.findings {
                     rearm.execute(params![r.finding.id, now_ns as i64])?;

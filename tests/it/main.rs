@@ -18,3 +18,4 @@ mod operator;
 mod otlp;
 mod span_times;
 mod store_faults;
+mod triage;

@@ -16,6 +16,8 @@ pub(super) struct InstanceSeen {
     pub users: u32,
     /// The instance has (or just got) a finding.
     pub leaking: bool,
+    /// The instance is in its watch's `allow_instances`: never a finding.
+    pub allowed: bool,
 }
 
 impl Engine {
@@ -35,6 +37,7 @@ impl Engine {
             instance: evidence::item_hash(&[&scope.to_le_bytes(), id.as_bytes()]),
             user: attributed.map(|(u, _)| u),
             users_of_instance: attributed.map_or(0, |(_, s)| s.users),
+            allowed: attributed.is_some_and(|(_, s)| s.allowed),
         };
         let service = obs.resource.service();
         let mut e = self.evidence.lock();

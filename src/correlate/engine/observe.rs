@@ -52,8 +52,10 @@ impl Rule {
 impl Engine {
     pub(super) fn observe_instance(&mut self, s: Sighting<'_>, fx: &mut Effects) -> InstanceSeen {
         let watch = &self.watches[s.key.watch as usize];
+        // Shared by design: tracked and counted like an `allow` watch, never a finding.
+        let allowed = watch.allows_instance(&s.key.id);
         let rule = Rule {
-            policy: watch.policy,
+            policy: if allowed { Policy::Allow } else { watch.policy },
             boundary: watch.boundary,
             coordinated: self.cluster && watch.scope == Scope::Global,
         };
@@ -64,10 +66,14 @@ impl Engine {
         if new {
             self.bind(&s, &this_use, rule, fx);
         }
-        let existing = self.instances.get(&s.key).and_then(|st| st.finding.clone());
+        // A finding from before the instance was allowed is kept as it is, but no longer grows.
+        let existing = (self.instances.get(&s.key))
+            .and_then(|st| st.finding.clone())
+            .filter(|_| !allowed);
         let seen = InstanceSeen {
             users,
             leaking: existing.is_some() || !conflicts.is_empty(),
+            allowed,
         };
         if let Some(id) = existing {
             // Coordinated findings grow from Redis's verdicts, not from what this sidecar saw.

@@ -91,7 +91,10 @@ pub struct Counts {
     pub users_exact: bool,
     /// Distinct instances per distinct user; `null` without users.
     pub instances_per_user: Option<f64>,
+    /// The most users one instance served, instances in `allow_instances` left out.
     pub max_users_per_instance: u32,
+    /// Observations of instances in the watch's `allow_instances` (shared by design).
+    pub allowed_observations: u64,
     pub unattributed_share: f64,
 }
 
@@ -106,6 +109,7 @@ impl From<&Tally> for Counts {
             users_exact: t.users.exact(),
             instances_per_user: (users > 0).then(|| t.instances.count() as f64 / users as f64),
             max_users_per_instance: t.max_users_per_instance,
+            allowed_observations: t.allowed,
             unattributed_share: t.unattributed_share(),
         }
     }

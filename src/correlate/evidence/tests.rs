@@ -30,6 +30,7 @@ fn seen(instance: u64, user: Option<u64>, users_of_instance: u32) -> Seen {
         instance,
         user,
         users_of_instance,
+        allowed: false,
     }
 }
 

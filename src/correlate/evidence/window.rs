@@ -16,6 +16,9 @@ pub struct Seen {
     pub user: Option<u64>,
     /// Distinct users the engine now knows for this instance (0 when unattributed).
     pub users_of_instance: u32,
+    /// The instance is in its watch's `allow_instances`: shared by design, so its users do not
+    /// count towards `max_users_per_instance`.
+    pub allowed: bool,
 }
 
 /// Counts over some span of time.
@@ -23,6 +26,8 @@ pub struct Seen {
 pub struct Tally {
     pub observations: u64,
     pub unattributed: u64,
+    /// Observations of instances the watch allows to be shared (`allow_instances`).
+    pub allowed: u64,
     pub instances: Distinct,
     pub users: Distinct,
     pub max_users_per_instance: u32,
@@ -41,12 +46,17 @@ impl Tally {
             Some(_) => {}
             None => self.unattributed += 1,
         }
-        self.max_users_per_instance = self.max_users_per_instance.max(seen.users_of_instance);
+        if seen.allowed {
+            self.allowed += 1;
+        } else {
+            self.max_users_per_instance = self.max_users_per_instance.max(seen.users_of_instance);
+        }
     }
 
     pub fn merge(&mut self, other: &Tally) {
         self.observations += other.observations;
         self.unattributed += other.unattributed;
+        self.allowed += other.allowed;
         self.instances.merge(&other.instances);
         self.users.merge(&other.users);
         self.max_users_per_instance = self
