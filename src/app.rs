@@ -90,7 +90,7 @@ impl App {
     /// Open the store, restore state, start the engine, bind and serve every listener.
     /// Returns once `/ready` answers 200.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let metrics = Arc::new(Metrics::with_cluster(config.cluster.is_some()));
+        let metrics = Arc::new(Metrics::for_config(&config));
         let store_dir = config.storage_dir.clone();
         let (store, restored, offsets) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&store_dir)?;

@@ -35,6 +35,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("limits", "max_decompressed_bytes", Int),
     ("limits", "max_id_bytes", Int),
     ("limits", "max_attributes_per_span", Int),
+    ("limits", "max_label_values", Int),
     ("events", "files", List),
     ("events", "start_at", Str),
     ("events", "max_line_bytes", Int),

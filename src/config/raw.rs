@@ -116,6 +116,9 @@ pub struct Limits {
     pub max_decompressed_bytes: usize,
     pub max_id_bytes: usize,
     pub max_attributes_per_span: usize,
+    /// Distinct values per metric label fed by client data (`service`); the rest are
+    /// exported as `__other__`.
+    pub max_label_values: usize,
 }
 
 impl Default for Limits {
@@ -127,6 +130,7 @@ impl Default for Limits {
             max_decompressed_bytes: 64 << 20,
             max_id_bytes: 256,
             max_attributes_per_span: 128,
+            max_label_values: 1000,
         }
     }
 }

@@ -195,6 +195,7 @@ fn limits(raw: Limits) -> Result<Limits, ConfigError> {
             "limits.max_attributes_per_span",
             raw.max_attributes_per_span,
         ),
+        ("limits.max_label_values", raw.max_label_values),
     ] {
         positive(key, value)?;
     }

@@ -7,12 +7,17 @@
 pub mod events;
 pub mod otlp;
 pub mod otlp_fast;
+mod tally;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use crate::config::Config;
+
+pub use tally::{
+    ClampReason, MAX_CLOCK_SKEW_NS, RejectReason, Tally, UnusableValue, clamp_span_times,
+};
 
 /// Which kind of telemetry an observation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,156 +224,6 @@ impl Observation {
     }
 }
 
-/// Why an item was rejected; the `reason` label of `crosstalk_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RejectReason {
-    IdTooLong,
-    InvalidJson,
-    NotAnObject,
-    MissingUser,
-    BadTime,
-    LineTooLong,
-    InvalidUtf8,
-    BadField,
-    ControlChars,
-}
-
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::IdTooLong => "id_too_long",
-            RejectReason::InvalidJson => "invalid_json",
-            RejectReason::NotAnObject => "not_an_object",
-            RejectReason::MissingUser => "missing_user",
-            RejectReason::BadTime => "bad_time",
-            RejectReason::LineTooLong => "line_too_long",
-            RejectReason::InvalidUtf8 => "invalid_utf8",
-            RejectReason::BadField => "bad_field",
-            RejectReason::ControlChars => "control_chars_in_id",
-        }
-    }
-}
-
-/// Why a span's time was not taken as given; the `reason` label of `crosstalk_clamped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ClampReason {
-    /// The end precedes the start: the span is taken as a point at its start.
-    EndBeforeStart,
-    /// The end lies past the receipt time (+ skew): a span is exported only after it ended.
-    EndInFuture,
-    /// The start lies past the receipt time (+ skew): the receipt time is used instead.
-    StartInFuture,
-}
-
-impl ClampReason {
-    pub const ALL: [ClampReason; 3] = [
-        ClampReason::EndBeforeStart,
-        ClampReason::EndInFuture,
-        ClampReason::StartInFuture,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClampReason::EndBeforeStart => "end_before_start",
-            ClampReason::EndInFuture => "end_in_future",
-            ClampReason::StartInFuture => "start_in_future",
-        }
-    }
-}
-
-/// How far ahead of the receipt time a span's clock may run (host clock skew) before its times
-/// are called impossible: an exported span has ended, so it cannot end after it arrived.
-pub const MAX_CLOCK_SKEW_NS: u64 = 15 * 60 * 1_000_000_000;
-
-/// A span's event time within sane bounds: a missing start is the receipt time (a missing end
-/// the start), a start in the
-/// future is the receipt time, and a bad end (before the start, or in the future) is the start —
-/// an overlap is then judged on the one instant the span is known to have been alive, instead of
-/// on centuries it never lived. Returns `(start, end)` and counts each correction in `tally`.
-pub fn clamp_span_times(start: u64, end: u64, received_ns: u64, tally: &mut Tally) -> (u64, u64) {
-    let horizon = received_ns.saturating_add(MAX_CLOCK_SKEW_NS);
-    let start = match start {
-        0 => received_ns,
-        s if s > horizon => {
-            tally.clamp(ClampReason::StartInFuture);
-            received_ns
-        }
-        s => s,
-    };
-    let end = if end == 0 {
-        start // not set: a point, as for a missing start
-    } else if end > horizon {
-        tally.clamp(ClampReason::EndInFuture);
-        start
-    } else if end < start {
-        tally.clamp(ClampReason::EndBeforeStart);
-        start
-    } else {
-        end
-    };
-    (start, end)
-}
-
-/// The items a payload held, and those that could not be used.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Tally {
-    /// Items (spans, log records, event lines) in the payload.
-    pub items: u64,
-    /// Items rejected, by reason.
-    pub rejected: BTreeMap<RejectReason, u64>,
-    /// The first message of each rejection reason: bounded by the fixed set of reasons.
-    pub errors: BTreeMap<RejectReason, String>,
-    /// Span times corrected (the span is still used), by reason.
-    pub clamped: BTreeMap<ClampReason, u64>,
-}
-
-impl Tally {
-    pub fn reject(&mut self, reason: RejectReason, message: impl FnOnce() -> String) {
-        *self.rejected.entry(reason).or_default() += 1;
-        self.errors.entry(reason).or_insert_with(message);
-    }
-
-    /// Every reason with its count and first message, for `partial_success.error_message`
-    /// (an exporter logs it; one reason hiding another sends the operator the wrong way).
-    pub fn error_message(&self) -> Option<String> {
-        let parts: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(reason, message)| {
-                let n = self.rejected.get(reason).copied().unwrap_or(0);
-                format!("{n} {}: {message}", reason.as_str())
-            })
-            .collect();
-        (!parts.is_empty()).then(|| parts.join("; "))
-    }
-
-    pub fn clamp(&mut self, reason: ClampReason) {
-        *self.clamped.entry(reason).or_default() += 1;
-    }
-
-    /// Add another payload part's counts to this one.
-    pub fn absorb(&mut self, other: Tally) {
-        self.items += other.items;
-        for (reason, n) in other.rejected {
-            *self.rejected.entry(reason).or_default() += n;
-        }
-        for (reason, n) in other.clamped {
-            *self.clamped.entry(reason).or_default() += n;
-        }
-        for (reason, message) in other.errors {
-            self.errors.entry(reason).or_insert(message);
-        }
-    }
-
-    pub fn rejected_total(&self) -> u64 {
-        self.rejected.values().sum()
-    }
-
-    pub fn accepted(&self) -> u64 {
-        self.items - self.rejected_total()
-    }
-}
-
 /// Attribute keys come from the network and are looked up for every attribute of every span;
 /// foldhash is several times cheaper than SipHash there, and the tables are small and fixed
 /// (from config), so there is no flooding to defend against.
@@ -466,12 +321,16 @@ pub(crate) struct AttributeScan {
     pub too_long: Option<Box<str>>,
     /// The key of the first user, tenant or watched id holding control characters (NUL...).
     pub control_chars: Option<Box<str>>,
+    /// User, tenant and watched attributes whose value could not be used (empty, or of a type
+    /// that names nothing), with their keys; counted by [`AttributeScan::count_unusable`].
+    unusable: Vec<(UnusableValue, Box<str>)>,
 }
 
 impl AttributeScan {
     /// Offer one attribute; `value` is already reduced to a string (None for unusable types).
     pub fn offer(&mut self, ex: &Extractor, key: &str, value: Option<&str>) {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
+            self.note_unusable(ex, key, value.is_some());
             return;
         };
         if let Some(watches) = ex.origin_keys.get(key) {
@@ -514,6 +373,48 @@ impl AttributeScan {
         }
     }
 
+    /// Remember a user, tenant or watched attribute whose value is unusable: `empty` for "",
+    /// else a type that names nothing (bool, double, array, map, unset).
+    fn note_unusable(&mut self, ex: &Extractor, key: &str, empty: bool) {
+        use UnusableValue::*;
+        let kinds = [
+            (ex.user_keys.contains_key(key), UserEmpty, UserNotString),
+            (
+                ex.tenant_keys.contains_key(key),
+                TenantEmpty,
+                TenantNotString,
+            ),
+            (
+                ex.watch_keys.contains_key(key),
+                InstanceEmpty,
+                InstanceNotString,
+            ),
+        ];
+        for (matches, if_empty, if_not_string) in kinds {
+            if matches {
+                let kind = if empty { if_empty } else { if_not_string };
+                self.unusable.push((kind, key.into()));
+            }
+        }
+    }
+
+    /// Count the unusable values of this record in `tally`: a user or tenant one only when no
+    /// other attribute named the user (tenant), every watched one. Call before [`Self::user`].
+    pub fn count_unusable(&self, tally: &mut Tally) {
+        for (kind, key) in &self.unusable {
+            let named = match kind {
+                UnusableValue::UserEmpty | UnusableValue::UserNotString => self.user.is_some(),
+                UnusableValue::TenantEmpty | UnusableValue::TenantNotString => {
+                    self.tenant.is_some()
+                }
+                _ => false,
+            };
+            if !named {
+                tally.unusable(*kind, key);
+            }
+        }
+    }
+
     /// The watched ids found, each with its origin if one came along.
     pub fn watched(&mut self) -> Vec<WatchedId> {
         let mut watched = std::mem::take(&mut self.watched);
@@ -533,60 +434,5 @@ impl AttributeScan {
 
     pub fn tenant(&mut self) -> Option<Box<str>> {
         self.tenant.take().map(|(_, t)| t)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_times_are_clamped_to_sane_bounds_and_counted() {
-        const S: u64 = 1_000_000_000;
-        let now = 1_700_000_000 * S;
-        let century = 100 * 365 * 24 * 3600 * S;
-        use ClampReason::*;
-        #[rustfmt::skip]
-        type Row = (u64, u64, (u64, u64), &'static [ClampReason]);
-        let table: &[Row] = &[
-            // start          end                 → (start, end)                     counted
-            (now - 5 * S, now - S, (now - 5 * S, now - S), &[]),
-            (0, 0, (now, now), &[]),
-            (now - 5 * S, 0, (now - 5 * S, now - 5 * S), &[]),
-            (now - S, now - 5 * S, (now - S, now - S), &[EndBeforeStart]),
-            (now - S, now + century, (now - S, now - S), &[EndInFuture]),
-            (
-                now + century,
-                now + century + S,
-                (now, now),
-                &[StartInFuture, EndInFuture],
-            ),
-            (
-                now + century,
-                now - S,
-                (now, now),
-                &[StartInFuture, EndBeforeStart],
-            ),
-            // Within the allowed clock skew: taken as given.
-            (
-                now + 60 * S,
-                now + 61 * S,
-                (now + 60 * S, now + 61 * S),
-                &[],
-            ),
-        ];
-        for &(start, end, want, counted) in table {
-            let mut tally = Tally::default();
-            assert_eq!(
-                clamp_span_times(start, end, now, &mut tally),
-                want,
-                "{start} {end}"
-            );
-            let mut got: Vec<_> = tally.clamped.keys().copied().collect();
-            let mut counted = counted.to_vec();
-            got.sort();
-            counted.sort();
-            assert_eq!(got, counted, "{start} {end}");
-        }
     }
 }

@@ -181,6 +181,7 @@ pub(crate) fn span_observation(
         });
         return None;
     }
+    scan.count_unusable(tally);
     let (start_ns, end_ns) = super::clamp_span_times(
         span.start_time_unix_nano,
         span.end_time_unix_nano,
@@ -262,6 +263,7 @@ pub fn observe_logs(
                     });
                     continue;
                 }
+                scan.count_unusable(tally);
                 if delivery.event.is_none() && !record.event_name.is_empty() {
                     delivery.event = Some(record.event_name.as_str().into());
                 }

@@ -22,7 +22,7 @@ use crate::config::Limits;
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally};
 use crate::pipeline::{Batch, IngestHandle, Refused};
-use crate::telemetry::events::{Rejected, SpanTimesClamped};
+use crate::telemetry::events::{Rejected, SpanTimesClamped, ValuesUnusable};
 use crate::telemetry::metrics::Metrics;
 
 /// What every network source shares.
@@ -74,7 +74,8 @@ impl IngestContext {
         .await
     }
 
-    /// Count a payload's per-item rejections under `source`, and its corrected span times.
+    /// Count a payload's per-item rejections under `source`, its unusable attribute values and
+    /// its corrected span times.
     pub fn count_rejections(&self, source: &str, tally: &Tally) {
         for (reason, n) in &tally.rejected {
             Rejected {
@@ -86,6 +87,15 @@ impl IngestContext {
         }
         for (&reason, &n) in &tally.clamped {
             SpanTimesClamped { reason, n }.emit(&self.metrics);
+        }
+        for (&kind, (n, attribute)) in &tally.unusable {
+            ValuesUnusable {
+                source,
+                kind,
+                attribute,
+                n: *n,
+            }
+            .emit(&self.metrics);
         }
     }
 

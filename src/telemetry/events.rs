@@ -35,6 +35,38 @@ impl Rejected<'_> {
     }
 }
 
+/// User, tenant or watched attribute values that could not be used (empty, or a bool, double,
+/// array or map): the items were kept without them, so they may go unattributed. Counted in
+/// `crosstalk_rejected_total{source, reason}` with reasons like `user_empty`, `user_not_string`,
+/// `instance_empty`, so that it is never silent.
+pub struct ValuesUnusable<'a> {
+    pub source: &'a str,
+    pub kind: crate::normalize::UnusableValue,
+    /// The first attribute key of this kind in the payload.
+    pub attribute: &'a str,
+    pub n: u64,
+}
+
+impl ValuesUnusable<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let reason = self.kind.as_str();
+        tracing::debug!(
+            source = self.source,
+            reason,
+            attribute = self.attribute,
+            n = self.n,
+            "attribute values unusable; items kept without them"
+        );
+        metrics
+            .rejected
+            .get_or_create(&RejectLabels {
+                source: self.source.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(self.n);
+    }
+}
+
 /// Span times corrected by normalization (the span is still used);
 /// `crosstalk_clamped_total{reason}`.
 pub struct SpanTimesClamped {

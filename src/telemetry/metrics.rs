@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::labels::LabelCap;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FindingLabels {
     pub r#type: String,
@@ -74,6 +76,11 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelName {
+    pub label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -113,6 +120,11 @@ pub struct Metrics {
     pub watch_expected: Family<WatchLabels, Gauge>,
     pub discovery_suspects: Family<ServiceLabels, Gauge>,
     pub discovery_evicted: Counter,
+    /// Label values folded into `__other__` past `limits.max_label_values`, by label.
+    pub label_overflow: Family<LabelName, Counter>,
+    /// Caps the distinct `service` label values: every `service` label goes through
+    /// [`Metrics::service_label`].
+    service_cap: LabelCap,
 }
 
 impl Default for Metrics {
@@ -129,6 +141,11 @@ impl Metrics {
 
     /// Every family; the `crosstalk_cluster_*` ones only when `cluster` is configured.
     pub fn with_cluster(cluster: bool) -> Self {
+        Self::build(cluster, crate::config::Limits::default().max_label_values)
+    }
+
+    /// Every family, with at most `max_label_values` distinct `service` values.
+    pub(super) fn build(cluster: bool, max_label_values: usize) -> Self {
         let mut registry = Registry::default();
         let findings = Family::<FindingLabels, CounterWithExemplar<TraceExemplar>>::default();
         registry.register(
@@ -342,6 +359,20 @@ impl Metrics {
             "Attribute keys discovery dropped to stay within max_keys",
             discovery_evicted.clone(),
         );
+        let label_overflow = Family::<LabelName, Counter>::default();
+        registry.register(
+            "crosstalk_label_overflow",
+            "Label values folded into \"__other__\" past limits.max_label_values, each counted once",
+            label_overflow.clone(),
+        );
+        let service_cap = LabelCap::new(
+            max_label_values,
+            label_overflow
+                .get_or_create(&LabelName {
+                    label: "service".to_owned(),
+                })
+                .clone(),
+        );
         Metrics {
             registry,
             findings,
@@ -375,7 +406,15 @@ impl Metrics {
             watch_expected,
             discovery_suspects,
             discovery_evicted,
+            label_overflow,
+            service_cap,
         }
+    }
+
+    /// The `service` label value to use for `service`: itself, or `__other__` past
+    /// `limits.max_label_values` distinct services.
+    pub fn service_label(&self, service: &str) -> String {
+        self.service_cap.value(service)
     }
 
     /// Set the suspects gauge: services with suspects now; the rest drop out (absent = none).
@@ -384,9 +423,9 @@ impl Metrics {
         for (service, n) in per_service {
             self.discovery_suspects
                 .get_or_create(&ServiceLabels {
-                    service: (*service).to_owned(),
+                    service: self.service_label(service),
                 })
-                .set(*n);
+                .inc_by(*n);
         }
     }
 

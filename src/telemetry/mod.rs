@@ -5,8 +5,10 @@
 //! this folder imports none of them.
 
 pub mod events;
+pub mod labels;
 mod logging;
 pub mod metrics;
+mod zeros;
 
 pub use logging::init;
 pub use metrics::Metrics;

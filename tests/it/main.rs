@@ -9,6 +9,7 @@ mod dashboards;
 mod discovery;
 mod durability;
 mod e2e;
+mod edges;
 mod events;
 mod evidence;
 mod gate;

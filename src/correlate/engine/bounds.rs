@@ -19,6 +19,7 @@ impl Engine {
     /// Export the finding counters of a newly seen service at 0, so that its first finding is an
     /// increase Prometheus can see rather than a series born at 1.
     pub(super) fn zero_series(&self, service: &str) {
+        let service = self.metrics.service_label(service);
         let kinds = self
             .watches
             .iter()
@@ -28,14 +29,14 @@ impl Engine {
             let _ = self.metrics.findings.get_or_create(&FindingLabels {
                 r#type: kind.as_str().into(),
                 watch: watch.into(),
-                service: service.into(),
+                service: service.clone(),
             });
             let _ = self
                 .metrics
                 .affected_users
                 .get_or_create(&WatchServiceLabels {
                     watch: watch.into(),
-                    service: service.into(),
+                    service: service.clone(),
                 });
         }
     }

@@ -294,6 +294,7 @@ impl Engine {
             return;
         };
         let f = &record.finding;
+        let service = self.metrics.service_label(&f.service);
         if news.new {
             let exemplar = news.trace.map(|t| TraceExemplar {
                 trace_id: t.to_string(),
@@ -303,7 +304,7 @@ impl Engine {
                 .get_or_create(&FindingLabels {
                     r#type: f.kind.as_str().into(),
                     watch: f.watch.clone(),
-                    service: f.service.clone(),
+                    service: service.clone(),
                 })
                 .inc_by(1, exemplar, None);
         }
@@ -312,7 +313,7 @@ impl Engine {
                 .affected_users
                 .get_or_create(&WatchServiceLabels {
                     watch: f.watch.clone(),
-                    service: f.service.clone(),
+                    service,
                 })
                 .inc_by(news.users);
         }

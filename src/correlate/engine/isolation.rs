@@ -82,16 +82,17 @@ impl Engine {
             let Some(service) = row.service else {
                 continue;
             };
+            let last = e.last_seen_s(&row.watch, &service);
             let labels = WatchServiceLabels {
                 watch: row.watch,
-                service,
+                service: self.metrics.service_label(&service),
             };
             let m = &self.metrics;
             set_gauge(&m.watch_instances, &labels, row.window.instances);
             set_gauge(&m.watch_users, &labels, row.window.users);
             let most = u64::from(row.window.max_users_per_instance);
             set_gauge(&m.watch_max_users_per_instance, &labels, most);
-            if let Some(last) = e.last_seen_s(&labels.watch, &labels.service) {
+            if let Some(last) = last {
                 set_gauge(&m.watch_last_observation, &labels, last);
             }
         }

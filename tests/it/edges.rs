@@ -1,0 +1,189 @@
+//! Reliability at the edges (issue 15): what a fresh sidecar exports, what careless clients'
+//! attribute values and invented service names do to it, and how its listeners hold up against
+//! slow, greedy and late clients.
+
+use std::collections::BTreeSet;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message;
+
+use crate::operator::promtool;
+use crate::util::*;
+
+/// Every family a sidecar without `[cluster]`, `[alertmanager]` or event files exports, each
+/// with at least one sample before any traffic (findings and evidence are labelled by service,
+/// learnt from traffic, so they cannot be).
+const FAMILIES_AT_START: &[&str] = &[
+    "crosstalk_tracked_instances",
+    "crosstalk_received_total",
+    "crosstalk_rejected_total",
+    "crosstalk_admin_bad_requests_total",
+    "crosstalk_discarded_total",
+    "crosstalk_clamped_total",
+    "crosstalk_unattributed_total",
+    "crosstalk_watched_observations_total",
+    "crosstalk_detection_delay_seconds_count",
+    "crosstalk_evicted_total",
+    "crosstalk_queue_pushed_total",
+    "crosstalk_queue_popped_total",
+    "crosstalk_queue_full_total",
+    "crosstalk_queue_capacity",
+    "crosstalk_store_errors_total",
+    "crosstalk_store_healthy",
+    "crosstalk_alerts_sent_total",
+    "crosstalk_alert_failures_total",
+    "crosstalk_watch_expected",
+    "crosstalk_build_info",
+    "crosstalk_discovery_evicted_total",
+    "crosstalk_label_overflow_total",
+];
+
+#[test]
+fn fresh_sidecar_exports_every_family_at_zero_before_any_traffic() {
+    let s = Server::start(FACTORY_WATCH);
+    let text = s.metrics();
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    for family in FAMILIES_AT_START {
+        assert!(
+            samples
+                .iter()
+                .any(|l| l.starts_with(&format!("{family}{{"))
+                    || l.starts_with(&format!("{family} "))),
+            "{family} has no sample on a fresh sidecar:\n{text}"
+        );
+    }
+    for sample in [
+        r#"crosstalk_rejected_total{source="otlp_http",reason="queue_full"}"#,
+        r#"crosstalk_rejected_total{source="otlp_grpc",reason="user_not_string"}"#,
+        r#"crosstalk_rejected_total{source="events_http",reason="missing_user"}"#,
+        r#"crosstalk_evicted_total{watch="agent_factory",reason="capacity"}"#,
+        r#"crosstalk_evicted_total{watch="agent_factory",reason="retention"}"#,
+        r#"crosstalk_label_overflow_total{label="service"}"#,
+    ] {
+        assert!(
+            samples.iter().any(|l| l == &format!("{sample} 0")),
+            "{sample} not at 0:\n{text}"
+        );
+    }
+    let (ok, out) = promtool(&["check", "metrics"], &text);
+    assert!(ok && out.trim().is_empty(), "promtool:\n{out}");
+}
+
+fn any(value: Value) -> KeyValue {
+    KeyValue {
+        key: String::new(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn keyed(key: &str, mut kv: KeyValue) -> KeyValue {
+    kv.key = key.into();
+    kv
+}
+
+#[test]
+fn unusable_user_and_instance_values_are_counted_not_silently_dropped() {
+    let s = Server::start(FACTORY_WATCH);
+    let factory = || kv("agent_factory.instance_id", "f1");
+    let array = Value::ArrayValue(ArrayValue {
+        values: vec![AnyValue {
+            value: Some(Value::StringValue("alice".into())),
+        }],
+    });
+    let spans_attrs: Vec<Vec<KeyValue>> = vec![
+        vec![kv("user.id", ""), factory()],
+        vec![keyed("user.id", any(Value::BoolValue(true))), factory()],
+        vec![keyed("user.id", any(Value::DoubleValue(1.5))), factory()],
+        vec![keyed("user.id", any(array)), factory()],
+        vec![kv("user.id", "alice"), kv("agent_factory.instance_id", "")],
+        // Another user attribute names the user: nothing is lost, nothing counted.
+        vec![kv("user.id", ""), kv("enduser.id", "bob"), factory()],
+    ];
+    let mut spans = Vec::new();
+    for (i, attrs) in spans_attrs.into_iter().enumerate() {
+        let mut sp = span(100 + i as u128, 1 + i as u64, &[]);
+        sp.attributes = attrs;
+        spans.push(sp);
+    }
+    let request = traces("svc", "pod-1", spans);
+    // Both decoders: protobuf (zero-copy reader) and OTLP JSON (prost types).
+    let r = s.post_traces(&request);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let json = serde_json::to_vec(&request).unwrap();
+    let r = s.post("/v1/traces", "application/json", &json);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The spans are kept (only the values are unusable): no partial success.
+    assert!(!r.text().contains("rejected"), "{}", r.text());
+    let text = s.metrics();
+    let rejected = |reason: &str| {
+        metric_value(
+            &text,
+            &format!(r#"crosstalk_rejected_total{{source="otlp_http",reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(rejected("user_empty"), 2.0, "{text}");
+    assert_eq!(rejected("user_not_string"), 6.0, "{text}");
+    assert_eq!(rejected("instance_empty"), 2.0, "{text}");
+    assert_eq!(rejected("instance_not_string"), 0.0, "{text}");
+}
+
+/// Distinct `service` label values on a page.
+fn services_on(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("service=\"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(v, _)| v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn invented_service_names_are_capped_at_max_label_values_over_otlp_and_events() {
+    let s = Server::start(FACTORY_WATCH);
+    // 1,100 services over OTLP/HTTP, 100 more over /v1/events: 1,200 against the default 1,000.
+    let resource_spans: Vec<ResourceSpans> = (0..1100u32)
+        .map(|i| {
+            let sp = span(
+                1 + u128::from(i),
+                1 + u64::from(i),
+                &[("user.id", "alice"), ("agent_factory.instance_id", "f")],
+            );
+            let mut one = traces(&format!("svc-{i}"), "pod", vec![sp]);
+            one.resource_spans.remove(0)
+        })
+        .collect();
+    let request = ExportTraceServiceRequest { resource_spans };
+    let r = s.post(
+        "/v1/traces",
+        "application/x-protobuf",
+        &request.encode_to_vec(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: String = (1100..1200)
+        .map(|i| {
+            format!(
+                "{{\"user_id\":\"alice\",\"service.name\":\"svc-{i}\",\"agent_factory.instance_id\":\"e{i}\"}}\n"
+            )
+        })
+        .collect();
+    let r = s.post("/v1/events", "application/x-ndjson", lines.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let text = s.metrics();
+    let services = services_on(&text);
+    assert!(services.contains("__other__"), "no __other__ series");
+    assert_eq!(services.len(), 1001, "1,000 services + __other__");
+    assert_eq!(
+        metric_value(&text, r#"crosstalk_label_overflow_total{label="service"}"#),
+        200.0
+    );
+    // Folded services stay folded on the next scrape, and are not counted again.
+    let again = s.metrics();
+    assert_eq!(services_on(&again).len(), 1001);
+    assert_eq!(
+        metric_value(&again, r#"crosstalk_label_overflow_total{label="service"}"#),
+        200.0
+    );
+}
