@@ -33,7 +33,14 @@ const EVENTS_HTTP_REASONS: [&str; 2] = ["unsupported_media_type", "decode_error"
 /// Items of an OTLP export refused or kept without a value (the rest of `RejectReason` are
 /// event-line reasons).
 const OTLP_ITEM_REASONS: [RejectReason; 2] = [RejectReason::IdTooLong, RejectReason::ControlChars];
-const ADMIN_REASONS: [&str; 3] = ["bad_query", "not_found", "method_not_allowed"];
+const ADMIN_REASONS: [&str; 6] = [
+    "bad_query",
+    "not_found",
+    "method_not_allowed",
+    "bad_body",
+    "unknown_finding",
+    "conflict",
+];
 /// Evictions not tied to one watch (`watch=""`).
 const UNWATCHED_EVICTIONS: [&str; 2] = ["pending_full", "pending_unreadable"];
 
