@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -19,12 +20,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +29,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::raw_grpc::RawTraceServer;
 use super::{Answer, admit, answer};
 use crate::correlate::Received;
-use crate::normalize::{Extractor, Observation, Tally, otlp};
+use crate::normalize::{Extractor, Observation, Tally, otlp, otlp_fast};
 use crate::sources::discovery_tap::Export;
 use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
@@ -88,20 +85,31 @@ fn unavailable(e: SubmitError) -> Status {
     )
 }
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(
+impl OtlpGrpc {
+    /// `TraceService/Export` from the request's raw bytes (see [`super::raw_grpc`]): the same
+    /// reader as OTLP/HTTP protobuf, no prost message. A body prost would refuse is refused as
+    /// prost's codec does, with `INTERNAL`.
+    pub(super) async fn export_traces_protobuf(
         &self,
-        request: Request<ExportTraceServiceRequest>,
+        request: Request<Bytes>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        OtlpGrpc::export(
-            self,
-            request,
-            "traces",
-            otlp::observe_traces,
-            Export::Traces,
+        let received = Received::now();
+        let mut tally = Tally::default();
+        let body = request.into_inner();
+        let obs = otlp_fast::observe_traces_protobuf(
+            &body,
+            &self.ctx.extractor,
+            received.wall_ns,
+            &mut tally,
         )
-        .await
+        .map_err(|e| Status::new(Code::Internal, format!("invalid protobuf: {e}")))?;
+        admit(&self.ctx, SOURCE, obs, received, &tally, "traces", "grpc")
+            .await
+            .map_err(unavailable)?;
+        if let Some(discovery) = &self.ctx.discovery {
+            discovery.offer(|| Export::TracesProtobuf(body));
+        }
+        Ok(Response::new(answer(&tally)))
     }
 }
 
@@ -161,10 +169,7 @@ pub async fn serve(
             Err(Status::unauthenticated("missing or wrong bearer token"))
         }
     };
-    let traces = TraceServiceServer::new(service.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max);
+    let traces = RawTraceServer::new(service.clone(), max);
     let traces = InterceptedService::new(traces, check.clone());
     let logs = LogsServiceServer::new(service.clone())
         .accept_compressed(CompressionEncoding::Gzip)

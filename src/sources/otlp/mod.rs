@@ -7,6 +7,7 @@
 
 pub mod grpc;
 pub mod http;
+mod raw_grpc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
