@@ -1,7 +1,9 @@
 //! Wiring: builds every component from a [`Config`], binds the listeners, restores state, and
 //! owns the one shutdown path (stop accepting → drain → flush the store → exit within the grace).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Admin;
 use crate::auth::BearerToken;
-use crate::config::{Config, UserIds};
-use crate::correlate::Engine;
+use crate::cluster::Coordinator;
+use crate::config::Config;
+use crate::correlate::evidence::Evidence;
+use crate::correlate::{Engine, Restored};
 use crate::normalize::Extractor;
-use crate::pipeline::{self, EngineControl, EnginePanicked};
+use crate::pipeline::{self, EngineControl, EnginePanicked, IngestHandle};
 use crate::privacy::Pseudonymizer;
 use crate::sinks::alertmanager::AlertSender;
 use crate::sources::IngestContext;
@@ -23,7 +27,7 @@ use crate::sources::discovery_tap::DiscoveryTap;
 use crate::sources::events::file::Tailer;
 use crate::sources::otlp::grpc::{self as otlp_grpc, OtlpGrpc};
 use crate::sources::otlp::http::OtlpHttp;
-use crate::store::{Store, StoreError, StoreReader};
+use crate::store::{FileCheckpoint, Store, StoreError, StoreReader};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::Tls;
 
@@ -71,78 +75,98 @@ pub struct App {
     grace: Duration,
 }
 
-/// The HMAC key: from config, else generated once into the storage directory.
-pub fn pseudonymizer(config: &Config) -> Result<Pseudonymizer, crate::privacy::KeyError> {
-    Pseudonymizer::load(
-        config.privacy.hmac_key.as_deref(),
-        config.privacy.hmac_key_file.as_deref(),
-        &config.storage_dir,
-    )
-}
-
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { name, addr, source })
 }
 
-impl App {
-    /// Open the store, restore state, start the engine, bind and serve every listener.
-    /// Returns once `/ready` answers 200.
-    pub async fn start(config: Config) -> Result<App, StartError> {
-        let metrics = Arc::new(Metrics::for_config(&config));
-        let store_dir = config.storage_dir.clone();
-        let (store, restored, offsets) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&store_dir)?;
-            let restored = store.restore()?;
-            let offsets = store.file_offsets()?;
-            Ok::<_, StoreError>((store, restored, offsets))
+/// The three listeners, bound before anything is served so a taken port fails the start.
+struct Listeners {
+    otlp_grpc: TcpListener,
+    otlp_http: TcpListener,
+    admin: TcpListener,
+    addrs: BoundAddrs,
+}
+
+impl Listeners {
+    async fn bind(listen: &crate::config::Listen) -> Result<Listeners, StartError> {
+        let otlp_grpc = bind("otlp_grpc", listen.otlp_grpc).await?;
+        let otlp_http = bind("otlp_http", listen.otlp_http).await?;
+        let admin = bind("admin", listen.admin).await?;
+        let addr = |l: &TcpListener| l.local_addr().expect("bound socket has an address");
+        let addrs = BoundAddrs {
+            otlp_grpc: addr(&otlp_grpc),
+            otlp_http: addr(&otlp_http),
+            admin: addr(&admin),
+        };
+        Ok(Listeners {
+            otlp_grpc,
+            otlp_http,
+            admin,
+            addrs,
         })
-        .await
-        .expect("store task panicked")?;
-        let reader = Arc::new(store.reader()?);
-        let triage = Arc::new(store.triage()?);
-        let pseudonyms = pseudonymizer(&config)?;
-        let store = if config.alertmanager.is_some() {
-            store.with_alerting()
-        } else {
-            store
-        };
-        let outbox = Arc::new(store.outbox()?);
-        let store_health = store.health();
-        let fresh_engine = {
-            let (config, metrics, pseudonyms) =
-                (config.clone(), metrics.clone(), pseudonyms.clone());
-            move || {
-                let mut engine = Engine::new(&config, metrics.clone());
-                if config.privacy.user_ids == UserIds::Hmac {
-                    engine = engine.with_pseudonyms(pseudonyms.clone());
-                }
-                if config.cluster.is_some() {
-                    engine = engine.with_cluster();
-                }
-                engine
-            }
-        };
-        let mut engine = fresh_engine();
-        engine.restore(restored);
-        let evidence = engine.watch_evidence();
-        tracing::info!(instances = engine.tracked_instances(), "state restored");
-        let mut cluster = None;
-        let mut cluster_link: Option<pipeline::ClusterLink> = None;
-        if let Some(c) = &config.cluster {
-            let (tx, rx) = tokio::sync::mpsc::channel(c.max_pending);
-            let dropped = metrics.cluster_dropped.clone();
-            // Full-policy: drop and count; the coordinator's own queue is the bounded buffer.
-            let checks: pipeline::ClusterSink = Box::new(move |checks| {
-                for check in checks {
-                    if tx.try_send(check).is_err() {
-                        dropped.inc();
-                    }
-                }
-            });
-            let (verdict_tx, verdicts) = tokio::sync::mpsc::channel(pipeline::VERDICT_CAPACITY);
-            cluster_link = Some(pipeline::ClusterLink { checks, verdicts });
+    }
+}
+
+/// What the store holds at start: opened, restored and the tails' offsets, read off the
+/// async workers.
+struct Opened {
+    store: Store,
+    restored: Restored,
+    offsets: HashMap<String, FileCheckpoint>,
+}
+
+async fn open_store(config: &Config) -> Result<Opened, StartError> {
+    let dir = config.storage_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&dir)?;
+        let restored = store.restore()?;
+        let offsets = store.file_offsets()?;
+        Ok::<_, StoreError>(Opened {
+            store,
+            restored,
+            offsets,
+        })
+    })
+    .await
+    .expect("store task panicked")?;
+    Ok(opened)
+}
+
+/// An engine as `config` wants it, empty: at start and when a failed commit rebuilds it.
+fn new_engine(config: &Config, metrics: &Arc<Metrics>, ids: &Option<Pseudonymizer>) -> Engine {
+    let mut engine = Engine::new(config, metrics.clone());
+    if let Some(ids) = ids {
+        engine = engine.with_pseudonyms(ids.clone());
+    }
+    if config.cluster.is_some() {
+        engine = engine.with_cluster();
+    }
+    engine
+}
+
+/// The engine thread, started on the restored state, and what hangs off it.
+struct Started {
+    ingest: IngestHandle,
+    control: EngineControl,
+    evidence: Arc<parking_lot::Mutex<Evidence>>,
+    coordinator: Option<Coordinator>,
+}
+
+fn start_engine(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    store: Store,
+    restored: Restored,
+    ids: Option<Pseudonymizer>,
+) -> Result<Started, StartError> {
+    let mut engine = new_engine(config, metrics, &ids);
+    engine.restore(restored);
+    let evidence = engine.watch_evidence();
+    tracing::info!(instances = engine.tracked_instances(), "state restored");
+    let (link, coordinator) = match &config.cluster {
+        Some(c) => {
             let node_id = crate::cluster::node_id(&config.storage_dir).map_err(|source| {
                 StartError::NodeId {
                     dir: config.storage_dir.clone(),
@@ -150,90 +174,130 @@ impl App {
                 }
             })?;
             let initial = engine.cluster_resync();
-            cluster = Some((c.clone(), rx, verdict_tx, node_id, initial));
+            let (link, coordinator) = crate::cluster::link(c, node_id, initial, metrics.clone());
+            (Some(link), Some(coordinator))
         }
-        let (ingest, engine) = pipeline::spawn(
-            engine,
+        None => (None, None),
+    };
+    let (cfg, fresh_metrics) = (config.clone(), metrics.clone());
+    let rebuild: pipeline::Rebuild = Box::new(move |store: &Store| {
+        let mut engine = new_engine(&cfg, &fresh_metrics, &ids);
+        engine.restore(store.restore()?);
+        Ok(engine)
+    });
+    let capacity = config.limits.queue_capacity;
+    let (ingest, control) = pipeline::spawn(
+        engine,
+        store,
+        capacity,
+        metrics.clone(),
+        link,
+        Some(rebuild),
+    );
+    Ok(Started {
+        ingest,
+        control,
+        evidence,
+        coordinator,
+    })
+}
+
+/// Serve OTLP/HTTP, OTLP/gRPC and admin on their bound listeners until `shutdown`.
+fn serve_listeners(
+    servers: &mut JoinSet<()>,
+    listeners: Listeners,
+    ctx: Arc<IngestContext>,
+    admin: Admin,
+    tls: Option<Tls>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = || tls.as_ref().map(|t| t.acceptor.clone());
+    servers.spawn(crate::http::serve(
+        listeners.otlp_http,
+        Arc::new(OtlpHttp { ctx: ctx.clone() }),
+        acceptor(),
+        shutdown.clone(),
+        grace,
+    ));
+    servers.spawn(crate::http::serve(
+        listeners.admin,
+        Arc::new(admin),
+        acceptor(),
+        shutdown.clone(),
+        grace,
+    ));
+    let (grpc, grpc_tls, grpc_shutdown) = (OtlpGrpc::new(ctx), tls.clone(), shutdown.clone());
+    servers.spawn(async move {
+        if let Err(e) = otlp_grpc::serve(listeners.otlp_grpc, grpc, grpc_tls, grpc_shutdown).await {
+            tracing::error!(error = %e, "OTLP/gRPC server failed");
+        }
+    });
+}
+
+/// Tail one event log on its own thread (its reads and waits block).
+fn spawn_tailer(tailer: Tailer) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("crosstalk-tail".into())
+        .spawn(move || tailer.run())
+        .expect("spawning a tail thread")
+}
+
+impl App {
+    /// Open the store, restore state, start the engine, bind and serve every listener.
+    /// Returns once `/ready` answers 200.
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::for_config(&config));
+        let Opened {
             store,
-            config.limits.queue_capacity,
-            metrics.clone(),
-            cluster_link,
-            Some(Box::new(move |store: &Store| {
-                let mut engine = fresh_engine();
-                engine.restore(store.restore()?);
-                Ok(engine)
-            })),
-        );
-
-        let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;
-        let http_listener = bind("otlp_http", config.listen.otlp_http).await?;
-        let admin_listener = bind("admin", config.listen.admin).await?;
-        let addrs = BoundAddrs {
-            otlp_grpc: grpc_listener
-                .local_addr()
-                .expect("bound socket has an address"),
-            otlp_http: http_listener
-                .local_addr()
-                .expect("bound socket has an address"),
-            admin: admin_listener
-                .local_addr()
-                .expect("bound socket has an address"),
+            restored,
+            offsets,
+        } = open_store(&config).await?;
+        let reader = Arc::new(store.reader()?);
+        let triage = Arc::new(store.triage()?);
+        let key = Pseudonymizer::of(&config)?;
+        let ids = Pseudonymizer::for_ids(&config)?;
+        let store = if config.alertmanager.is_some() {
+            store.with_alerting()
+        } else {
+            store
         };
+        let outbox = Arc::new(store.outbox()?);
+        let store_health = store.health();
+        let started = start_engine(&config, &metrics, store, restored, ids.clone())?;
+        let listeners = Listeners::bind(&config.listen).await?;
+        let addrs = listeners.addrs;
 
-        let otlp_token = BearerToken::load(config.auth.otlp_token_file.as_deref())?;
+        let shutdown = CancellationToken::new();
+        let grace = config.shutdown_grace;
+        let ready = Arc::new(AtomicBool::new(false));
         let tls = match &config.tls {
             Some(t) => Some(Tls::load(&t.cert_file, &t.key_file)?),
             None => None,
         };
-        let admin_token = BearerToken::load(config.auth.admin_token_file.as_deref())?;
         let extractor = Arc::new(Extractor::new(&config));
         let discovery = DiscoveryTap::start(&config, metrics.clone());
         let ctx = Arc::new(IngestContext {
-            ingest: ingest.clone(),
+            ingest: started.ingest.clone(),
             extractor: extractor.clone(),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
-            token: otlp_token,
+            token: BearerToken::load(config.auth.otlp_token_file.as_deref())?,
             discovery: discovery.clone(),
         });
-        let shutdown = CancellationToken::new();
-        let grace = config.shutdown_grace;
-        let ready = Arc::new(AtomicBool::new(false));
+        let admin = Admin {
+            metrics: metrics.clone(),
+            reader: reader.clone(),
+            store: store_health,
+            ready: ready.clone(),
+            token: BearerToken::load(config.auth.admin_token_file.as_deref())?,
+            evidence: started.evidence,
+            discovery,
+            pseudonyms: ids,
+            triage,
+        };
         let mut servers = JoinSet::new();
-        servers.spawn(crate::http::serve(
-            http_listener,
-            Arc::new(OtlpHttp { ctx: ctx.clone() }),
-            tls.as_ref().map(|t| t.acceptor.clone()),
-            shutdown.clone(),
-            grace,
-        ));
-        let grpc_shutdown = shutdown.clone();
-        let grpc = OtlpGrpc::new(ctx);
-        let grpc_tls = tls.clone();
-        servers.spawn(async move {
-            if let Err(e) = otlp_grpc::serve(grpc_listener, grpc, grpc_tls, grpc_shutdown).await {
-                tracing::error!(error = %e, "OTLP/gRPC server failed");
-            }
-        });
-        servers.spawn(crate::http::serve(
-            admin_listener,
-            Arc::new(Admin {
-                metrics: metrics.clone(),
-                reader: reader.clone(),
-                store: store_health,
-                ready: ready.clone(),
-                token: admin_token,
-                evidence,
-                discovery,
-                pseudonyms: (config.privacy.user_ids == crate::config::UserIds::Hmac)
-                    .then(|| pseudonyms.clone()),
-                triage,
-            }),
-            tls.as_ref().map(|t| t.acceptor.clone()),
-            shutdown.clone(),
-            grace,
-        ));
-
+        serve_listeners(&mut servers, listeners, ctx, admin, tls, &shutdown, grace);
         if let Some(am) = &config.alertmanager {
             let sender = AlertSender {
                 findings_base: am
@@ -242,45 +306,32 @@ impl App {
                     .unwrap_or_else(|| format!("http://{}", addrs.admin)),
                 config: am.clone(),
                 outbox,
-                pseudonyms,
+                pseudonyms: key,
                 user_ids: config.privacy.user_ids,
                 metrics: metrics.clone(),
             };
             servers.spawn(sender.run(shutdown.clone()));
         }
-
-        if let Some((config, checks, verdicts, node_id, initial)) = cluster {
-            let coordinator = crate::cluster::Coordinator {
-                config,
-                node_id,
-                checks,
-                verdicts,
-                initial,
-                metrics: metrics.clone(),
-            };
+        if let Some(coordinator) = started.coordinator {
             servers.spawn(coordinator.run(shutdown.clone()));
         }
-
-        let mut tailers = Vec::new();
-        for path in &config.events.files {
-            let key = path.to_string_lossy().into_owned();
-            let tailer = Tailer {
-                path: path.clone(),
-                start_at: config.events.start_at,
-                poll: config.events.poll_interval,
-                checkpoint: offsets.get(&key).cloned(),
-                extractor: extractor.clone(),
-                ingest: ingest.clone(),
-                metrics: metrics.clone(),
-                shutdown: shutdown.clone(),
-            };
-            let handle = std::thread::Builder::new()
-                .name("crosstalk-tail".into())
-                .spawn(move || tailer.run())
-                .expect("spawning a tail thread");
-            tailers.push(handle);
-        }
-        drop(ingest);
+        let tail = |path: &PathBuf| Tailer {
+            path: path.clone(),
+            start_at: config.events.start_at,
+            poll: config.events.poll_interval,
+            checkpoint: offsets.get(&*path.to_string_lossy()).cloned(),
+            extractor: extractor.clone(),
+            ingest: started.ingest.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let tailers = config
+            .events
+            .files
+            .iter()
+            .map(|p| spawn_tailer(tail(p)))
+            .collect();
+        drop(started.ingest);
         ready.store(true, Ordering::Release);
         Ok(App {
             addrs,
@@ -289,7 +340,7 @@ impl App {
             shutdown,
             servers,
             tailers,
-            engine,
+            engine: started.control,
             grace,
         })
     }

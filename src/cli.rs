@@ -1,8 +1,8 @@
 //! The command line: verbs, flags, and their exit codes (0 fine, 1 leaks found, 2 usage,
 //! config or input error, 3 a watch named by `--expect` saw nothing). `main.rs` only parses and
-//! calls [`run`].
+//! calls [`run`], which loads the config and dispatches: `serve` to [`crate::serve`], `check`,
+//! `discover` and `run` to [`crate::gate`].
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG, Overrides};
-use crate::gate::{self, Format};
+use crate::gate::{self, DiscoverFormat, Format};
+use crate::privacy::Pseudonymizer;
+use crate::serve;
 
 /// Exit codes.
 pub const EXIT_OK: u8 = 0;
@@ -77,15 +79,8 @@ pub enum Command {
     },
     /// Look for leaks in exported telemetry files (OTLP JSON lines, event lines, gzip, `-`).
     Check {
-        /// Config file for watches, identity and events fields; without it, the embedded default.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// How findings are printed.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-        /// Fail (exit 3) when this watch saw no observation; repeatable.
-        #[arg(long = "expect", value_name = "WATCH")]
-        expect: Vec<String>,
+        #[command(flatten)]
+        gate: GateArgs,
         /// Files to read: OTLP JSON (one export per line, or whole documents) or WebSocket event
         /// lines; gzip is detected; `-` reads stdin.
         #[arg(required = true, value_name = "FILES")]
@@ -108,16 +103,8 @@ pub enum Command {
     },
     /// Run a command with its telemetry pointed at a live crosstalk; fail on leaks.
     Run {
-        /// Config file for watches and identity (its listen addresses are replaced by free
-        /// loopback ports); without it, the embedded default.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// How findings are printed.
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-        /// Fail (exit 3) when this watch saw no observation; repeatable.
-        #[arg(long = "expect", value_name = "WATCH")]
-        expect: Vec<String>,
+        #[command(flatten)]
+        gate: GateArgs,
         /// How long to wait after CMD exits for its last exports.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         grace: Duration,
@@ -127,11 +114,19 @@ pub enum Command {
     },
 }
 
-/// How `discover` prints its candidates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DiscoverFormat {
-    Text,
-    Json,
+/// The flags `check` and `run` share.
+#[derive(Debug, clap::Args)]
+pub struct GateArgs {
+    /// Config file for watches, identity and events fields (`run` replaces its listen
+    /// addresses with free loopback ports); without it, the embedded default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// How findings are printed.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Fail (exit 3) when this watch saw no observation; repeatable.
+    #[arg(long = "expect", value_name = "WATCH")]
+    pub expect: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,10 +219,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 ),
             ],
         ) {
-            Ok(config) if repair && !repair_store(&config.storage_dir) => {
+            Ok(config) if repair && !serve::repair_store(&config.storage_dir) => {
                 ExitCode::from(EXIT_USAGE)
             }
-            Ok(config) => runtime().block_on(serve(config)),
+            Ok(config) => runtime().block_on(serve::serve(config)),
             Err(code) => code,
         },
         Command::UserHash { config, id } => {
@@ -235,13 +230,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let p = &config.privacy;
-            let key = crate::privacy::Pseudonymizer::load_existing(
-                p.hmac_key.as_deref(),
-                p.hmac_key_file.as_deref(),
-                &config.storage_dir,
-            );
-            match key {
+            match Pseudonymizer::existing_of(&config) {
                 Ok(p) => {
                     println!("{}", p.pseudonym(&id));
                     ExitCode::from(EXIT_OK)
@@ -270,267 +259,32 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Check {
-            config,
-            format,
-            expect,
-            files,
-        } => {
-            let config = match load(&config, &[]).and_then(|c| known_watches(c, &expect)) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match gate::check(&config, &files) {
-                Ok(outcome) => finish(&outcome, format, &expect),
-                Err(e) => {
-                    eprintln!("crosstalk: {e}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            }
-        }
+        Command::Check { gate: args, files } => match load(&args.config, &[]) {
+            Ok(config) => gate::check_command(&config, args.format, &args.expect, &files),
+            Err(code) => code,
+        },
         Command::Discover {
             config,
             format,
             fail_on_suspect,
             files,
         } => match load(&config, &[]) {
-            Ok(config) => discover(&config, format, fail_on_suspect, &files),
+            Ok(config) => gate::discover_command(&config, format, fail_on_suspect, &files),
             Err(code) => code,
         },
         Command::Run {
-            config,
-            format,
-            expect,
+            gate: args,
             grace,
             command,
-        } => match load(&config, &[]).and_then(|c| known_watches(c, &expect)) {
-            Ok(config) => runtime().block_on(run_command(config, format, expect, grace, command)),
+        } => match load(&args.config, &[]) {
+            Ok(config) => runtime().block_on(gate::run::run(
+                config,
+                args.format,
+                args.expect,
+                grace,
+                command,
+            )),
             Err(code) => code,
         },
     }
-}
-
-/// `--expect` must name configured watches: a typo would otherwise pass forever.
-fn known_watches(config: Config, expect: &[String]) -> Result<Config, ExitCode> {
-    match expect
-        .iter()
-        .find(|e| !config.watches.iter().any(|w| &w.name == *e))
-    {
-        Some(unknown) => {
-            eprintln!("crosstalk: --expect {unknown}: no watch of that name is configured");
-            Err(ExitCode::from(EXIT_USAGE))
-        }
-        None => Ok(config),
-    }
-}
-
-/// Print the outcome; exit 1 on findings, else 3 if an expected watch saw nothing, else 0.
-fn finish(outcome: &gate::Outcome, format: Format, expect: &[String]) -> ExitCode {
-    let unobserved = outcome.unobserved(expect);
-    let mut out = std::io::stdout().lock();
-    if let Err(e) =
-        gate::print_outcome(&mut out, outcome, &unobserved, format).and_then(|_| out.flush())
-    {
-        eprintln!("crosstalk: cannot write findings: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    // Text already says so on stdout; other formats are for machines, so tell the human too.
-    if format != Format::Text {
-        for name in &unobserved {
-            eprintln!("crosstalk: expected watch `{name}` saw no observation");
-        }
-    }
-    ExitCode::from(if !outcome.findings.is_empty() {
-        EXIT_FINDINGS
-    } else if !unobserved.is_empty() {
-        EXIT_UNOBSERVED
-    } else {
-        EXIT_OK
-    })
-}
-
-/// `serve --repair`: say what was kept and where; false when the store cannot be repaired.
-fn repair_store(dir: &std::path::Path) -> bool {
-    match crate::store::guard::repair(dir) {
-        Ok(r) => {
-            match (&r.kept_in, r.salvaged) {
-                (None, _) => eprintln!("crosstalk: store in {} is sound", dir.display()),
-                (Some(kept), true) => eprintln!(
-                    "crosstalk: damaged store files copied to {}; kept what could be read",
-                    kept.display()
-                ),
-                (Some(kept), false) => eprintln!(
-                    "crosstalk: damaged store moved to {}; starting with an empty store",
-                    kept.display()
-                ),
-            }
-            true
-        }
-        Err(e) => {
-            eprintln!("crosstalk: cannot repair the store: {e}");
-            false
-        }
-    }
-}
-
-fn discover(
-    config: &Config,
-    format: DiscoverFormat,
-    fail_on_suspect: bool,
-    files: &[String],
-) -> ExitCode {
-    let report = match gate::discover_files(config, files) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crosstalk: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let text = match format {
-        DiscoverFormat::Text => crate::correlate::discovery::report::render_text(&report),
-        DiscoverFormat::Json => match serde_json::to_string_pretty(&report) {
-            Ok(j) => j + "\n",
-            Err(e) => {
-                eprintln!("crosstalk: cannot write the report: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-    };
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        eprintln!("crosstalk: cannot write the report: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let suspect = report
-        .candidates
-        .iter()
-        .any(|c| c.verdict == crate::correlate::discovery::Verdict::LeakSuspect);
-    ExitCode::from(if fail_on_suspect && suspect {
-        EXIT_SUSPECT
-    } else {
-        EXIT_OK
-    })
-}
-
-async fn serve(config: Config) -> ExitCode {
-    let started = std::time::Instant::now();
-    if config.watches.is_empty() {
-        tracing::warn!(
-            "NOTHING IS WATCHED: the config sets `watch = []`, so no shared instance can be \
-             found (only misdelivered events); remove it to keep the default watches"
-        );
-    }
-    let app = match crate::App::start(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("crosstalk: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let a = app.addrs;
-    tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, admin = %a.admin,
-        startup_ms = started.elapsed().as_millis() as u64, "crosstalk ready");
-    // One machine-readable line, so that scripts and tests using port 0 learn the ports.
-    println!(
-        "{}",
-        serde_json::json!({"ready": true, "otlp_grpc": a.otlp_grpc.to_string(),
-            "otlp_http": a.otlp_http.to_string(), "admin": a.admin.to_string()})
-    );
-    let _ = std::io::stdout().flush();
-    let token = app.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    match app.run_until_shutdown().await {
-        Ok(_) => {
-            tracing::info!("stopped");
-            ExitCode::from(EXIT_OK)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "stopped uncleanly");
-            eprintln!("crosstalk: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// `crosstalk run`: a private crosstalk on free loopback ports, CMD pointed at it.
-async fn run_command(
-    mut config: Config,
-    format: Format,
-    expect: Vec<String>,
-    grace: Duration,
-    command: Vec<String>,
-) -> ExitCode {
-    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.listen.otlp_grpc = loopback;
-    config.listen.otlp_http = loopback;
-    config.listen.admin = loopback;
-    let storage = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("crosstalk: cannot create a temporary store: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    config.storage_dir = storage.path().to_owned();
-    let app = match crate::App::start(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("crosstalk: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let http = app.addrs.otlp_http;
-    let status = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{http}"))
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("CROSSTALK_EVENTS_URL", format!("http://{http}/v1/events"))
-        .env(
-            "CROSSTALK_GRPC_ENDPOINT",
-            format!("http://{}", app.addrs.otlp_grpc),
-        )
-        .status()
-        .await;
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crosstalk: cannot run `{}`: {e}", command[0]);
-            let _ = app.stop(true).await;
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    tokio::time::sleep(grace).await;
-    // Without the engine there is no verdict: "no findings" would be a false all-clear.
-    let engine = match app.stop(true).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            eprintln!("crosstalk: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let outcome = gate::Outcome::of(&engine);
-    let verdict = finish(&outcome, format, &expect);
-    if !status.success() {
-        eprintln!("crosstalk: `{}` failed ({status})", command.join(" "));
-        return ExitCode::from(
-            status
-                .code()
-                .map(|c| c.clamp(1, 255) as u8)
-                .unwrap_or(EXIT_FINDINGS),
-        );
-    }
-    verdict
 }

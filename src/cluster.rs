@@ -30,7 +30,7 @@ use crate::config::Cluster;
 use crate::correlate::Received;
 use crate::correlate::engine::{ClusterCheck, RemoteConflict, RemoteUse};
 use crate::correlate::finding::Evidence;
-use crate::pipeline::Verdict;
+use crate::pipeline::{ClusterLink, ClusterSink, VERDICT_CAPACITY, Verdict};
 use crate::telemetry::metrics::{EvictLabels, Metrics};
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -398,6 +398,42 @@ impl Known {
     fn len(&self) -> usize {
         self.pairs.len()
     }
+}
+
+/// Both ends of cluster coordination, made together so neither can be left unconnected: the
+/// engine's [`ClusterLink`] and the coordinator task that serves it.
+pub fn link(
+    config: &Cluster,
+    node_id: String,
+    initial: Vec<ClusterCheck>,
+    metrics: Arc<Metrics>,
+) -> (ClusterLink, Coordinator) {
+    let (tx, checks) = mpsc::channel(config.max_pending);
+    let dropped = metrics.cluster_dropped.clone();
+    // Full-policy: drop and count; the coordinator's own queue is the bounded buffer.
+    let sink: ClusterSink = Box::new(move |new| {
+        for check in new {
+            if tx.try_send(check).is_err() {
+                dropped.inc();
+            }
+        }
+    });
+    let (verdict_tx, verdicts) = mpsc::channel(VERDICT_CAPACITY);
+    let coordinator = Coordinator {
+        config: config.clone(),
+        node_id,
+        checks,
+        verdicts: verdict_tx,
+        initial,
+        metrics,
+    };
+    (
+        ClusterLink {
+            checks: sink,
+            verdicts,
+        },
+        coordinator,
+    )
 }
 
 /// This sidecar's node id: `<storage>/node.id`, created once.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::config::{Config, UserIds};
+
 /// Why the key could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -51,6 +53,35 @@ impl std::fmt::Debug for Pseudonymizer {
 impl Pseudonymizer {
     pub fn new(key: &[u8]) -> Self {
         Pseudonymizer { key: key.to_vec() }
+    }
+
+    /// The key of a sidecar with `config` (alerts and logs always use it): `[privacy]`, else
+    /// generated once into its storage directory.
+    pub fn of(config: &Config) -> Result<Self, KeyError> {
+        let p = &config.privacy;
+        Self::load(
+            p.hmac_key.as_deref(),
+            p.hmac_key_file.as_deref(),
+            &config.storage_dir,
+        )
+    }
+
+    /// The key a sidecar with `config` already uses, never a new one (`user-hash`).
+    pub fn existing_of(config: &Config) -> Result<Self, KeyError> {
+        let p = &config.privacy;
+        Self::load_existing(
+            p.hmac_key.as_deref(),
+            p.hmac_key_file.as_deref(),
+            &config.storage_dir,
+        )
+    }
+
+    /// The key that replaces user and tenant ids in the engine, store and API: only in
+    /// `user_ids = "hmac"` mode; otherwise None, and no key is read or made.
+    pub fn for_ids(config: &Config) -> Result<Option<Self>, KeyError> {
+        (config.privacy.user_ids == UserIds::Hmac)
+            .then(|| Self::of(config))
+            .transpose()
     }
 
     /// The key from config, else from `<storage_dir>/hmac.key`, generated if absent.

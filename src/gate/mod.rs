@@ -1,17 +1,23 @@
 //! The CI gate and forensics: `crosstalk check FILE...` runs exported telemetry through the same
-//! engine as `serve`; `crosstalk run -- CMD` runs a command against a live engine on free
-//! loopback ports. Both print the findings as text, JSON or JUnit XML. `crosstalk discover FILE...`
+//! engine as `serve`; `crosstalk run -- CMD` ([`run`]) runs a command against a live engine on
+//! free loopback ports. Both print the findings as text, JSON or JUnit XML ([`output`]) and exit
+//! 1 on findings, else 3 when an `--expect`ed watch saw nothing. `crosstalk discover FILE...`
 //! reads the same files into discovery and prints its candidates.
+
+pub mod output;
+pub mod run;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 
+use crate::cli::{EXIT_FINDINGS, EXIT_OK, EXIT_SUSPECT, EXIT_UNOBSERVED, EXIT_USAGE};
 use crate::config::Config;
 use crate::correlate::discovery::feed::Feed;
 use crate::correlate::discovery::report::Report;
@@ -28,6 +34,13 @@ pub enum Format {
     Text,
     Json,
     Junit,
+}
+
+/// How `discover` prints its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoverFormat {
+    Text,
+    Json,
 }
 
 /// An input that cannot be used: `file:line: message`.
@@ -93,6 +106,104 @@ pub fn discover_files(config: &Config, files: &[String]) -> Result<Report, Input
     Ok(feed.discovery.report(pseudo.as_ref()))
 }
 
+/// `crosstalk check`: print what the files hold; the exit code says whether it passes.
+pub fn check_command(
+    config: &Config,
+    format: Format,
+    expect: &[String],
+    files: &[String],
+) -> ExitCode {
+    if let Err(code) = known_watches(config, expect) {
+        return code;
+    }
+    match check(config, files) {
+        Ok(outcome) => finish(&outcome, format, expect),
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `--expect` must name configured watches: a typo would otherwise pass forever.
+pub fn known_watches(config: &Config, expect: &[String]) -> Result<(), ExitCode> {
+    match expect
+        .iter()
+        .find(|e| !config.watches.iter().any(|w| &w.name == *e))
+    {
+        Some(unknown) => {
+            eprintln!("crosstalk: --expect {unknown}: no watch of that name is configured");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Print the outcome; exit 1 on findings, else 3 if an expected watch saw nothing, else 0.
+pub fn finish(outcome: &Outcome, format: Format, expect: &[String]) -> ExitCode {
+    let unobserved = outcome.unobserved(expect);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) =
+        output::print_outcome(&mut out, outcome, &unobserved, format).and_then(|_| out.flush())
+    {
+        eprintln!("crosstalk: cannot write findings: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // Text already says so on stdout; other formats are for machines, so tell the human too.
+    if format != Format::Text {
+        for name in &unobserved {
+            eprintln!("crosstalk: expected watch `{name}` saw no observation");
+        }
+    }
+    ExitCode::from(if !outcome.findings.is_empty() {
+        EXIT_FINDINGS
+    } else if !unobserved.is_empty() {
+        EXIT_UNOBSERVED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `crosstalk discover`: print the candidates; exit 4 on a leak suspect when asked to.
+pub fn discover_command(
+    config: &Config,
+    format: DiscoverFormat,
+    fail_on_suspect: bool,
+    files: &[String],
+) -> ExitCode {
+    let report = match discover_files(config, files) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crosstalk: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let text = match format {
+        DiscoverFormat::Text => crate::correlate::discovery::report::render_text(&report),
+        DiscoverFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(j) => j + "\n",
+            Err(e) => {
+                eprintln!("crosstalk: cannot write the report: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        eprintln!("crosstalk: cannot write the report: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let suspect = report
+        .candidates
+        .iter()
+        .any(|c| c.verdict == crate::correlate::discovery::Verdict::LeakSuspect);
+    ExitCode::from(if fail_on_suspect && suspect {
+        EXIT_SUSPECT
+    } else {
+        EXIT_OK
+    })
+}
+
 /// Where `check` and `discover` send what they read: the engine, and discovery when asked.
 struct Target<'a> {
     extractor: &'a Extractor,
@@ -101,17 +212,13 @@ struct Target<'a> {
     feed: Option<&'a mut Feed>,
 }
 
+/// The ids key in `user_ids = "hmac"` mode, so findings name users as `serve` would.
 fn pseudonyms(config: &Config) -> Result<Option<Pseudonymizer>, InputError> {
-    if config.privacy.user_ids != crate::config::UserIds::Hmac {
-        return Ok(None);
-    }
-    crate::app::pseudonymizer(config)
-        .map(Some)
-        .map_err(|e| InputError {
-            file: config.storage_dir.display().to_string(),
-            line: 0,
-            message: e.to_string(),
-        })
+    Pseudonymizer::for_ids(config).map_err(|e| InputError {
+        file: config.storage_dir.display().to_string(),
+        line: 0,
+        message: e.to_string(),
+    })
 }
 
 fn read_files(
@@ -307,218 +414,9 @@ fn feed_value(value: Value, t: &mut Target<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// Print the findings and the per-watch evidence in the chosen format; `unobserved`: the
-/// `--expect`ed watches that saw nothing.
-pub fn print_outcome(
-    out: &mut dyn Write,
-    outcome: &Outcome,
-    unobserved: &[&str],
-    format: Format,
-) -> std::io::Result<()> {
-    match format {
-        Format::Json => {
-            let body = serde_json::json!({
-                "findings": outcome.findings,
-                "watches": outcome.watches,
-                "unobserved_expected": unobserved,
-            });
-            serde_json::to_writer_pretty(&mut *out, &body)?;
-            writeln!(out)
-        }
-        Format::Junit => out.write_all(junit_report(outcome, unobserved).as_bytes()),
-        Format::Text => {
-            print_findings(out, &outcome.findings)?;
-            print_watches(out, &outcome.watches, unobserved)
-        }
-    }
-}
-
-/// Findings as text.
-fn print_findings(out: &mut dyn Write, findings: &[Finding]) -> std::io::Result<()> {
-    if findings.is_empty() {
-        return writeln!(out, "crosstalk: no cross-user leaks found");
-    }
-    writeln!(
-        out,
-        "crosstalk: {} cross-user leak(s) found",
-        findings.len()
-    )?;
-    for f in findings {
-        writeln!(out, "{}", describe(f))?;
-        for e in &f.evidence {
-            writeln!(
-                out,
-                "    {} at {} via {}{}{}{}",
-                e.user,
-                e.time,
-                e.source,
-                e.trace_id
-                    .as_ref()
-                    .map(|t| format!(" trace={t}"))
-                    .unwrap_or_default(),
-                e.connection_id
-                    .as_ref()
-                    .map(|c| format!(" connection={c}"))
-                    .unwrap_or_default(),
-                e.origin
-                    .as_ref()
-                    .map(|o| format!(" origin={o}"))
-                    .unwrap_or_default(),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// One line naming what leaked to whom.
-pub fn describe(f: &Finding) -> String {
-    let more = f.user_count as usize - f.users.len().min(f.user_count as usize);
-    format!(
-        "  [{}] {} watch={} instance={} service={} users={} ({}{}){} id={}",
-        f.severity,
-        f.kind.as_str(),
-        f.watch,
-        f.instance,
-        f.service,
-        f.user_count,
-        f.users.join(", "),
-        if more > 0 {
-            format!(", +{more} more")
-        } else {
-            String::new()
-        },
-        if f.cross_tenant {
-            format!(" tenants=({})", f.tenants.join(", "))
-        } else {
-            String::new()
-        },
-        f.id
-    )
-}
-
-/// One failed test case per finding, one passing case when there is none.
-fn junit_cases(findings: &[Finding]) -> String {
-    let mut xml = String::new();
-    if findings.is_empty() {
-        xml.push_str("    <testcase classname=\"crosstalk\" name=\"no cross-user leaks\"/>\n");
-    }
-    for f in findings {
-        let details: Vec<String> = f
-            .evidence
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} at {} trace={}",
-                    e.user,
-                    e.time,
-                    e.trace_id.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
-        xml.push_str(&format!(
-            "    <testcase classname=\"crosstalk.{}.{}\" name=\"{} {}\">\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
-            escape(f.kind.as_str()),
-            escape(&f.watch),
-            escape(&f.watch),
-            escape(&f.instance),
-            escape(f.kind.as_str()),
-            escape(describe(f).trim()),
-            escape(&details.join("\n")),
-        ));
-    }
-    xml
-}
-
-/// Escape text for XML, dropping characters XML 1.0 cannot hold at all.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The evidence per watch as text: one line per (watch, service) with its verdict and numbers.
-fn print_watches(
-    out: &mut dyn Write,
-    watches: &[WatchEvidence],
-    unobserved: &[&str],
-) -> std::io::Result<()> {
-    writeln!(out, "crosstalk: evidence per watch")?;
-    for w in watches {
-        writeln!(out, "{}", summarize(w))?;
-    }
-    for name in unobserved {
-        writeln!(
-            out,
-            "crosstalk: expected watch `{name}` saw no observation (is the service still tagging it?)"
-        )?;
-    }
-    Ok(())
-}
-
-/// One line: watch, service, verdict, the window's numbers and the reason.
-pub fn summarize(w: &WatchEvidence) -> String {
-    let c = &w.window;
-    let approx = |exact: bool| if exact { "" } else { ">=" };
-    format!(
-        "  {} service={} {} observations={} instances={}{} users={}{} max_users_per_instance={} unattributed={:.0}% ({})",
-        w.watch,
-        w.service.as_deref().unwrap_or("-"),
-        w.verdict.as_str(),
-        c.observations,
-        approx(c.instances_exact),
-        c.instances,
-        approx(c.users_exact),
-        c.users,
-        c.max_users_per_instance,
-        c.unattributed_share * 100.0,
-        w.reason,
-    )
-}
-
-/// The whole JUnit report: one suite with a failed case per finding (one passing case when
-/// there is none) and per `--expect`ed watch that saw nothing; the per-watch evidence is the
-/// suite's `<system-out>`, so CI shows it without counting it as tests.
-pub fn junit_report(outcome: &Outcome, unobserved: &[&str]) -> String {
-    let findings = &outcome.findings;
-    let tests = findings.len().max(1) + unobserved.len();
-    let failures = findings.len() + unobserved.len();
-    let mut xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"crosstalk\" tests=\"{tests}\" failures=\"{failures}\">\n  <testsuite name=\"crosstalk\" tests=\"{tests}\" failures=\"{failures}\">\n"
-    );
-    xml.push_str(&junit_cases(findings));
-    for name in unobserved {
-        xml.push_str(&format!(
-            "    <testcase classname=\"crosstalk.expect\" name=\"{0}\">\n      <failure type=\"unobserved\" message=\"expected watch {0} saw no observation\"/>\n    </testcase>\n",
-            escape(name)
-        ));
-    }
-    let lines: Vec<String> = outcome.watches.iter().map(summarize).collect();
-    xml.push_str(&format!(
-        "    <system-out>evidence per watch\n{}\n    </system-out>\n  </testsuite>\n</testsuites>\n",
-        escape(&lines.join("\n"))
-    ));
-    xml
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escape_handles_markup_and_control_characters() {
-        assert_eq!(escape("a<b>&\"'\0c"), "a&lt;b&gt;&amp;&quot;&apos;c");
-    }
 
     #[test]
     fn event_lines_with_a_shared_emitter_are_found() {
