@@ -4,6 +4,8 @@
 //! latest interval and evidence, expires with the watch's retention, and answers whether the new
 //! pair conflicts under the watch's policy; the first sidecar to see a conflict claims the
 //! instance (`SET NX`) and alone raises the finding. Only pairs new to this sidecar reach Redis.
+//! A conflict found on an instance another sidecar owns is forwarded to the owner ([`inbox`]),
+//! which grows its finding with every user Redis recorded.
 //!
 //! Redis down: process-scoped detection is untouched; global checks wait in a bounded queue
 //! (overflow counted) and `crosstalk_cluster_up` reads 0. A heartbeat notices outages and
@@ -32,6 +34,8 @@ use crate::correlate::engine::{ClusterCheck, RemoteConflict, RemoteUse};
 use crate::correlate::finding::Evidence;
 use crate::pipeline::{ClusterLink, ClusterSink, VERDICT_CAPACITY, Verdict};
 use crate::telemetry::metrics::{EvictLabels, Metrics};
+
+mod inbox;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Published pairs remembered for replay at most; past it the least recently published go.
@@ -138,7 +142,10 @@ impl Conn {
         }
     }
 
-    async fn invoke(&mut self, call: &ScriptInvocation<'_>) -> RedisResult<String> {
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        call: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
         match self {
             Conn::Single(c) => call.invoke_async(c).await,
             Conn::Cluster(c) => call.invoke_async(c).await,
@@ -193,6 +200,8 @@ impl Coordinator {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let m = Self::register(&self.metrics);
         let script = Script::new(SCRIPT);
+        let inbox = inbox::Inbox::new();
+        let mut inbox_due = false;
         let mut conn: Option<Conn> = None;
         let mut pending: VecDeque<ClusterCheck> = std::mem::take(&mut self.initial).into();
         let mut known = Known::new(MAX_KNOWN);
@@ -205,6 +214,7 @@ impl Coordinator {
                     None => return,
                 },
                 _ = heartbeat.tick() => {
+                    inbox_due = true;
                     if let Some(c) = conn.as_mut() {
                         if c.ping().await.is_err() {
                             tracing::warn!("Redis unreachable; global checks are queued");
@@ -239,7 +249,7 @@ impl Coordinator {
             }
             let Some(c) = conn.as_mut() else { continue };
             while let Some(check) = pending.pop_front() {
-                match self.judge(&script, c, &check).await {
+                match self.judge(&script, &inbox, c, &check).await {
                     Ok(verdict) => {
                         m.round_trips.inc();
                         known.insert(check.clone(), Instant::now(), &self.metrics);
@@ -256,8 +266,27 @@ impl Coordinator {
                     }
                 }
             }
+            if conn.is_some() && std::mem::take(&mut inbox_due) {
+                let Some(c) = conn.as_mut() else { continue };
+                if let Err(e) = self.drain_inbox(&inbox, c).await {
+                    tracing::warn!(error = %e, "Redis inbox read failed; retried");
+                    conn = None;
+                    m.up.set(0);
+                }
+            }
             m.pending.set(pending.len() as i64);
         }
+    }
+
+    /// Grow the findings this sidecar owns with the users other sidecars found since.
+    async fn drain_inbox(&self, inbox: &inbox::Inbox, conn: &mut Conn) -> RedisResult<()> {
+        let (taken, answers) = inbox.peek(conn, &self.node_id).await?;
+        for (check, answer) in answers {
+            if let Some(rc) = self.conflict_of(check, &answer) {
+                self.deliver(rc).await;
+            }
+        }
+        inbox.done(conn, &self.node_id, taken).await
     }
 
     fn enqueue(&self, pending: &mut VecDeque<ClusterCheck>, c: ClusterCheck, m: &ClusterMetrics) {
@@ -268,10 +297,12 @@ impl Coordinator {
         pending.push_back(c);
     }
 
-    /// Run the script; `Some` when a conflict is found and this sidecar owns the finding.
+    /// Run the script; `Some` when a conflict is found and this sidecar owns the finding. A
+    /// conflict on an instance another sidecar owns is forwarded to it.
     async fn judge(
         &self,
         script: &Script,
+        inbox: &inbox::Inbox,
         conn: &mut Conn,
         check: &ClusterCheck,
     ) -> RedisResult<Option<RemoteConflict>> {
@@ -289,16 +320,29 @@ impl Coordinator {
             .arg(&check.boundary)
             .arg(check.retention_ms.max(1))
             .arg(&self.node_id);
-        let answer = conn.invoke(&call).await?;
-        let verdict: Answer = match serde_json::from_str(&answer) {
+        let answer: String = conn.invoke(&call).await?;
+        let owner = match serde_json::from_str::<Answer>(&answer) {
+            Ok(v) if v.verdict == "conflict" => v.owner,
+            _ => String::new(),
+        };
+        if !owner.is_empty() && owner != self.node_id {
+            inbox.forward(conn, &owner, check).await?;
+            return Ok(None);
+        }
+        Ok(self.conflict_of(check.clone(), &answer))
+    }
+
+    /// The conflict in a script's `answer` on `check`'s instance, if this sidecar owns it.
+    fn conflict_of(&self, check: ClusterCheck, answer: &str) -> Option<RemoteConflict> {
+        let verdict: Answer = match serde_json::from_str(answer) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable verdict from Redis");
-                return Ok(None);
+                return None;
             }
         };
         if verdict.verdict != "conflict" || verdict.owner != self.node_id {
-            return Ok(None);
+            return None;
         }
         let uses = verdict
             .users
@@ -313,10 +357,7 @@ impl Coordinator {
                 })
             })
             .collect();
-        Ok(Some(RemoteConflict {
-            check: check.clone(),
-            uses,
-        }))
+        Some(RemoteConflict { check, uses })
     }
 
     /// Hand a verdict to the engine, waiting for room (the path's full-policy); an engine

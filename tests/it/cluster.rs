@@ -220,6 +220,106 @@ fn three_sidecars_one_redis_one_finding_and_an_outage_hides_nothing() {
     );
 }
 
+/// A finding's users, sorted (they are listed in the order they were first seen).
+fn users_of(f: &serde_json::Value) -> Vec<String> {
+    let mut users: Vec<String> = (f["users"].as_array().into_iter().flatten())
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+/// Poll every sidecar until each finding of `instances` names `users` (sorted), or time out;
+/// the findings of those instances, with the index of the sidecar that lists each.
+fn wait_users(
+    sidecars: &[Server],
+    instances: &[String],
+    users: &[&str],
+) -> Vec<(usize, serde_json::Value)> {
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = (sidecars.iter().enumerate())
+            .flat_map(|(i, s)| s.findings().into_iter().map(move |f| (i, f)))
+            .filter(|(_, f)| instances.iter().any(|x| f["instance"] == x.as_str()))
+            .collect();
+        let complete = |f: &serde_json::Value| users_of(f) == users;
+        if found.len() >= instances.len() && found.iter().all(|(_, f)| complete(f)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    found
+}
+
+#[test]
+fn a_third_user_on_another_sidecar_joins_the_owners_finding_and_first_writers_agree() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _redis = Redis::start(port);
+    let config = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n{WATCHES}");
+    let sidecars: Vec<Server> = (0..3).map(|_| Server::start(&config)).collect();
+
+    // Later: alice on sidecar 0, bob on sidecar 1 (1 finds the conflict and owns it), then
+    // carol on sidecar 0 and dave on sidecar 2, neither of which owns the instance.
+    let uses = [("alice", 0), ("bob", 1), ("carol", 0), ("dave", 2)];
+    for (n, (user, at)) in uses.into_iter().enumerate() {
+        let pod = format!("pod-{at}");
+        let r = sidecars[at].post_traces(&session_use(user, "sess-late", &pod, 100 + n as u128));
+        assert_eq!(r.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let late = wait_users(
+        &sidecars,
+        &["sess-late".into()],
+        &["alice", "bob", "carol", "dave"],
+    );
+    assert_eq!(late.len(), 1, "one finding across the cluster: {late:#?}");
+    assert_eq!(
+        late[0].0, 1,
+        "listed by its owner, the sidecar that found it"
+    );
+    assert_eq!(
+        late[0].1["users"],
+        serde_json::json!(["alice", "bob", "carol", "dave"]),
+        "users seen by sidecars that do not own the finding are appended: {late:#?}"
+    );
+
+    // Concurrent first writers: the first uses of ten sessions arrive on three sidecars at
+    // once. Each session is one finding, on one sidecar, naming all three users.
+    let sessions: Vec<String> = (0..10).map(|k| format!("sess-{k}")).collect();
+    std::thread::scope(|scope| {
+        for (i, user) in ["erin", "frank", "grace"].into_iter().enumerate() {
+            let (s, sessions) = (&sidecars[i], &sessions);
+            scope.spawn(move || {
+                let spans = (sessions.iter().enumerate())
+                    .map(|(k, sess)| {
+                        let trace = 1000 * (i as u128 + 1) + k as u128;
+                        span(
+                            trace,
+                            trace as u64,
+                            &[("user.id", user), ("session.id", sess)],
+                        )
+                    })
+                    .collect();
+                let r = s.post_traces(&traces("chat-api", &format!("pod-{i}"), spans));
+                assert_eq!(r.status, 200);
+            });
+        }
+    });
+    let found = wait_users(&sidecars, &sessions, &["erin", "frank", "grace"]);
+    assert_eq!(
+        found.len(),
+        sessions.len(),
+        "one finding per session: {found:#?}"
+    );
+    for (_, f) in &found {
+        assert_eq!(users_of(f), ["erin", "frank", "grace"], "{f:#?}");
+    }
+}
+
 /// Three `redis-server --cluster-enabled` nodes joined by `redis-cli --cluster create`.
 struct RedisCluster {
     nodes: Vec<Redis>,
