@@ -5,9 +5,10 @@
 //! shared object is a child, exported earlier or later in another batch. Both structures are
 //! bounded; what falls out is settled early (resource user, else unattributed), never lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::correlate::FastMap;
 use crate::normalize::{Observation, TraceId};
 
 /// Who a trace served.
@@ -19,7 +20,7 @@ pub struct TraceIdentity {
 
 /// Recently seen traces and their user, first one seen wins. Expires by age and by count.
 pub struct TraceUsers {
-    map: HashMap<TraceId, TraceIdentity>,
+    map: FastMap<TraceId, TraceIdentity>,
     order: VecDeque<(u64, TraceId)>,
     capacity: usize,
     ttl_ns: u64,
@@ -28,7 +29,7 @@ pub struct TraceUsers {
 impl TraceUsers {
     pub fn new(capacity: usize, ttl_ns: u64) -> Self {
         TraceUsers {
-            map: HashMap::new(),
+            map: FastMap::default(),
             order: VecDeque::new(),
             capacity,
             ttl_ns,
@@ -121,7 +122,7 @@ pub struct Parked {
 /// Observations without a user, keyed by trace, released when the trace's user is learned or
 /// when their wait runs out.
 pub struct Pending {
-    by_trace: HashMap<TraceId, Vec<Parked>>,
+    by_trace: FastMap<TraceId, Vec<Parked>>,
     order: VecDeque<(u64, TraceId)>,
     len: usize,
     capacity: usize,
@@ -130,7 +131,7 @@ pub struct Pending {
 impl Pending {
     pub fn new(capacity: usize) -> Self {
         Pending {
-            by_trace: HashMap::new(),
+            by_trace: FastMap::default(),
             order: VecDeque::new(),
             len: 0,
             capacity,

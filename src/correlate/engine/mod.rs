@@ -5,7 +5,6 @@
 //! What must be made durable is handed back as [`Effects`] for the store to commit before the
 //! producers are acknowledged. Policies compare event times, never arrival order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +14,7 @@ use super::attribution::{Parked, Pending, Received, TraceUsers};
 use super::evidence::{Evidence, WatchInfo};
 use super::finding::Finding;
 use crate::config::{Boundary, Config, Policy, Scope, Watch};
+use crate::correlate::FastMap;
 use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
 use crate::telemetry::metrics::{Metrics, WatchLabels};
@@ -92,11 +92,11 @@ pub struct Engine {
     wait_ns: u64,
     max_instances: usize,
     scopes: Vec<Arc<Resource>>,
-    scope_index: HashMap<String, u32>,
-    instances: HashMap<InstanceKey, InstanceState>,
+    scope_index: FastMap<String, u32>,
+    instances: FastMap<InstanceKey, InstanceState>,
     /// Findings by id, and the instance (or connection) each one is about.
-    findings: HashMap<String, FindingRecord>,
-    deliveries: HashMap<(u32, Box<str>), String>,
+    findings: FastMap<String, FindingRecord>,
+    deliveries: FastMap<(u32, Box<str>), String>,
     traces: TraceUsers,
     pending: Pending,
     dirty_findings: Vec<String>,
@@ -151,10 +151,10 @@ impl Engine {
             wait_ns: config.attribution.wait.as_nanos() as u64,
             max_instances: config.limits.max_tracked_instances,
             scopes: vec![global],
-            scope_index: HashMap::from([(String::new(), 0)]),
-            instances: HashMap::new(),
-            findings: HashMap::new(),
-            deliveries: HashMap::new(),
+            scope_index: FastMap::from_iter([(String::new(), 0)]),
+            instances: FastMap::default(),
+            findings: FastMap::default(),
+            deliveries: FastMap::default(),
             traces: TraceUsers::new(config.attribution.max_pending.max(1024) * 2, TRACE_TTL_NS),
             pending: Pending::new(config.attribution.max_pending),
             dirty_findings: Vec::new(),

@@ -1,15 +1,14 @@
 //! Restoring the engine from the store at start-up, and the form in which an observation
 //! waiting for its trace's user is kept there.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, InstanceKey, Received, Restored, Seed, Use};
 use crate::config::Policy;
+use crate::correlate::FastMap;
 use crate::correlate::attribution::Parked;
 use crate::correlate::finding::FindingKind;
 use crate::normalize::{Delivery, Observation, Resource, Signal, SpanId, TraceId, WatchedId};
@@ -181,7 +180,7 @@ impl Engine {
             let Some(watch) = self.watch_index(&b.watch) else {
                 continue;
             };
-            let scope_of = |key: &str, index: &HashMap<String, u32>| index.get(key).copied();
+            let scope_of = |key: &str, index: &FastMap<String, u32>| index.get(key).copied();
             let Some(scope) = scope_of(&b.scope_key, &self.scope_index) else {
                 continue;
             };
