@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,9 +18,11 @@ use crate::cluster::Coordinator;
 use crate::config::Config;
 use crate::correlate::evidence::Evidence;
 use crate::correlate::{Engine, Restored};
+use crate::http::Handler;
 use crate::normalize::Extractor;
 use crate::pipeline::{self, EngineControl, EnginePanicked, IngestHandle};
 use crate::privacy::Pseudonymizer;
+use crate::ready::{Latch, Readiness};
 use crate::sinks::alertmanager::AlertSender;
 use crate::sources::IngestContext;
 use crate::sources::discovery_tap::DiscoveryTap;
@@ -47,6 +49,8 @@ pub enum StartError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Serve(#[from] ListenerFailed),
     #[error("cannot listen on {name} address {addr}: {source}")]
     Bind {
         name: &'static str,
@@ -73,6 +77,8 @@ pub struct App {
     tailers: Vec<std::thread::JoinHandle<()>>,
     engine: EngineControl,
     grace: Duration,
+    /// A listener that failed after start: `stop` reports it.
+    failed: mpsc::Receiver<ListenerFailed>,
 }
 
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -202,37 +208,99 @@ fn start_engine(
     })
 }
 
+/// A listener that stopped serving, or never started: fatal, at start and after.
+#[derive(Debug, thiserror::Error)]
+#[error("the {name} listener failed: {reason}")]
+pub struct ListenerFailed {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// One latch per listener, each released by the listener's own task once it serves.
+struct Up {
+    otlp_http: Latch,
+    otlp_grpc: Latch,
+    admin: Latch,
+}
+
+impl Up {
+    fn new(readiness: &Readiness) -> Up {
+        Up {
+            otlp_http: readiness.latch("otlp_http"),
+            otlp_grpc: readiness.latch("otlp_grpc"),
+            admin: readiness.latch("admin"),
+        }
+    }
+}
+
+/// What every listener task shares: when to stop, how long to drain, where a failure goes.
+#[derive(Clone)]
+struct Serving {
+    shutdown: CancellationToken,
+    grace: Duration,
+    /// Full-policy: one message per listener at most, so room is never short (3 slots).
+    failed: mpsc::Sender<ListenerFailed>,
+}
+
 /// Serve OTLP/HTTP, OTLP/gRPC and admin on their bound listeners until `shutdown`.
 fn serve_listeners(
     servers: &mut JoinSet<()>,
-    listeners: Listeners,
-    ctx: Arc<IngestContext>,
-    admin: Admin,
+    (listeners, up): (Listeners, Up),
+    (ctx, admin): (Arc<IngestContext>, Admin),
     tls: Option<Tls>,
-    shutdown: &CancellationToken,
-    grace: Duration,
+    s: &Serving,
 ) {
     let acceptor = || tls.as_ref().map(|t| t.acceptor.clone());
-    servers.spawn(crate::http::serve(
+    let otlp = Arc::new(OtlpHttp { ctx: ctx.clone() });
+    servers.spawn(serve_http(
         listeners.otlp_http,
-        Arc::new(OtlpHttp { ctx: ctx.clone() }),
+        otlp,
         acceptor(),
-        shutdown.clone(),
-        grace,
+        s,
+        up.otlp_http,
     ));
-    servers.spawn(crate::http::serve(
-        listeners.admin,
-        Arc::new(admin),
-        acceptor(),
-        shutdown.clone(),
-        grace,
-    ));
-    let (grpc, grpc_tls, grpc_shutdown) = (OtlpGrpc::new(ctx), tls.clone(), shutdown.clone());
+    let admin = Arc::new(admin);
+    servers.spawn(serve_http(listeners.admin, admin, acceptor(), s, up.admin));
+    let (grpc, s) = (OtlpGrpc::new(ctx), s.clone());
     servers.spawn(async move {
-        if let Err(e) = otlp_grpc::serve(listeners.otlp_grpc, grpc, grpc_tls, grpc_shutdown).await {
-            tracing::error!(error = %e, "OTLP/gRPC server failed");
+        let shutdown = s.shutdown.clone();
+        let served = otlp_grpc::serve(listeners.otlp_grpc, grpc, tls, shutdown, up.otlp_grpc).await;
+        if let Err(e) = served {
+            let reason = chain(&e);
+            tracing::error!(error = %reason, "OTLP/gRPC server failed; shutting down");
+            let _ = s.failed.try_send(ListenerFailed {
+                name: "otlp_grpc",
+                reason,
+            });
+            s.shutdown.cancel();
         }
     });
+}
+
+/// hyper's accept loop is the first thing the task does: running is serving.
+fn serve_http<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    s: &Serving,
+    up: Latch,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (shutdown, grace) = (s.shutdown.clone(), s.grace);
+    async move {
+        up.release();
+        crate::http::serve(listener, handler, tls, shutdown, grace).await
+    }
+}
+
+/// An error with its sources: tonic's own message alone says only "transport error".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out = format!("{out}: {s}");
+        source = s.source();
+    }
+    out
 }
 
 /// Tail one event log on its own thread (its reads and waits block).
@@ -245,8 +313,20 @@ fn spawn_tailer(tailer: Tailer) -> std::thread::JoinHandle<()> {
 
 impl App {
     /// Open the store, restore state, start the engine, bind and serve every listener.
-    /// Returns once `/ready` answers 200.
+    /// Returns once `/ready` answers 200, or with the first listener that could not serve.
     pub async fn start(config: Config) -> Result<App, StartError> {
+        let tls = match &config.tls {
+            Some(t) => Some(Tls::load(&t.cert_file, &t.key_file)?),
+            None => None,
+        };
+        Self::launch(config, tls).await
+    }
+
+    async fn launch(config: Config, tls: Option<Tls>) -> Result<App, StartError> {
+        // Every latch is taken before any is released, so /ready never reads a gap as ready.
+        let readiness = Readiness::default();
+        let restoring = readiness.latch("state");
+        let up = Up::new(&readiness);
         let metrics = Arc::new(Metrics::for_config(&config));
         let Opened {
             store,
@@ -265,15 +345,17 @@ impl App {
         let outbox = Arc::new(store.outbox()?);
         let store_health = store.health();
         let started = start_engine(&config, &metrics, store, restored, ids.clone())?;
+        restoring.release();
         let listeners = Listeners::bind(&config.listen).await?;
         let addrs = listeners.addrs;
 
         let shutdown = CancellationToken::new();
         let grace = config.shutdown_grace;
-        let ready = Arc::new(AtomicBool::new(false));
-        let tls = match &config.tls {
-            Some(t) => Some(Tls::load(&t.cert_file, &t.key_file)?),
-            None => None,
+        let (failed_tx, mut failed) = mpsc::channel(3);
+        let serving = Serving {
+            shutdown: shutdown.clone(),
+            grace,
+            failed: failed_tx,
         };
         let extractor = Arc::new(Extractor::new(&config));
         let discovery = DiscoveryTap::start(&config, metrics.clone());
@@ -289,7 +371,7 @@ impl App {
             metrics: metrics.clone(),
             reader: reader.clone(),
             store: store_health,
-            ready: ready.clone(),
+            ready: readiness.clone(),
             token: BearerToken::load(config.auth.admin_token_file.as_deref())?,
             evidence: started.evidence,
             discovery,
@@ -297,7 +379,7 @@ impl App {
             triage,
         };
         let mut servers = JoinSet::new();
-        serve_listeners(&mut servers, listeners, ctx, admin, tls, &shutdown, grace);
+        serve_listeners(&mut servers, (listeners, up), (ctx, admin), tls, &serving);
         if let Some(am) = &config.alertmanager {
             let sender = AlertSender {
                 findings_base: am
@@ -332,7 +414,10 @@ impl App {
             .map(|p| spawn_tailer(tail(p)))
             .collect();
         drop(started.ingest);
-        ready.store(true, Ordering::Release);
+        tokio::select! {
+            _ = readiness.wait() => {}
+            Some(e) = failed.recv() => return Err(e.into()),
+        }
         Ok(App {
             addrs,
             metrics,
@@ -342,6 +427,7 @@ impl App {
             tailers,
             engine: started.control,
             grace,
+            failed,
         })
     }
 
@@ -378,7 +464,11 @@ impl App {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(500));
-        match tokio::time::timeout(left, finish).await {
+        let stopped = tokio::time::timeout(left, finish).await;
+        if let Ok(failed) = self.failed.try_recv() {
+            return Err(failed.into());
+        }
+        match stopped {
             Ok(Ok(finished)) => Ok(finished?),
             Ok(Err(join)) => Err(EnginePanicked(join.to_string()).into()),
             Err(_) => Err(StopError::Timeout(self.grace)),
@@ -393,4 +483,54 @@ pub enum StopError {
     Panicked(#[from] EnginePanicked),
     #[error("the engine did not finish within the grace period ({0:?})")]
     Timeout(Duration),
+    #[error(transparent)]
+    Listener(#[from] ListenerFailed),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 5: a gRPC server that cannot serve (here: tonic refuses the TLS key) used to be
+    /// logged while `start` returned and `/ready` said 200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grpc_listener_that_cannot_serve_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let mut tls = Tls::load(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        tls.key_pem = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec();
+        let mut config = Config::default_config();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        (config.listen.otlp_grpc, config.listen.otlp_http) = (loopback, loopback);
+        config.listen.admin = loopback;
+        config.storage_dir = dir.path().join("data");
+        let started = tokio::time::timeout(Duration::from_secs(20), App::launch(config, Some(tls)))
+            .await
+            .expect("start neither hangs nor waits for a listener that failed");
+        match started {
+            Err(StartError::Serve(ListenerFailed { name, reason })) => {
+                assert_eq!(name, "otlp_grpc");
+                assert!(
+                    reason.contains("key") || reason.contains("TLS") || reason.contains("tls"),
+                    "{reason}"
+                );
+            }
+            Err(e) => panic!("failed for another reason: {e}"),
+            Ok(_) => panic!("started (and would answer /ready 200) without a gRPC server"),
+        }
+    }
 }

@@ -30,6 +30,7 @@ pub mod http;
 pub mod normalize;
 pub mod pipeline;
 pub mod privacy;
+pub mod ready;
 pub mod serve;
 pub mod sinks;
 pub mod sources;

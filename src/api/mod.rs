@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
@@ -14,6 +13,7 @@ use crate::correlate::evidence::Evidence;
 use crate::correlate::finding::{FindingState, now_ns, parse_rfc3339};
 use crate::http::{Handler, HttpResponse, json as json_response, json_error, respond};
 use crate::privacy::Pseudonymizer;
+use crate::ready::Readiness;
 use crate::sources::discovery_tap::DiscoveryTap;
 use crate::store::{Cursor, FindingFilter, StoreHealth, StoreReader, Triage};
 use crate::telemetry::events::AdminBadRequest;
@@ -31,8 +31,8 @@ pub struct Admin {
     pub reader: Arc<StoreReader>,
     /// Whether the store takes writes, for `/api/v1/status`.
     pub store: Arc<StoreHealth>,
-    /// Flips once every listener is bound and state is restored.
-    pub ready: Arc<AtomicBool>,
+    /// Ready once every listener serves and state is restored.
+    pub ready: Readiness,
     /// Required for everything but `/live` and `/ready` (the kubelet's probes) when set.
     pub token: Option<crate::auth::BearerToken>,
     /// The engine's isolation evidence, read for `/api/v1/watches`.
@@ -76,9 +76,7 @@ impl Handler for Admin {
         }
         match path.as_str() {
             "/live" => respond(StatusCode::OK, "text/plain", "live\n"),
-            "/ready" if self.ready.load(Ordering::Acquire) => {
-                respond(StatusCode::OK, "text/plain", "ready\n")
-            }
+            "/ready" if self.ready.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n"),
             "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
             "/metrics" => self.metrics_page(&request),
             "/api/v1/findings" => self.list(&request).await,

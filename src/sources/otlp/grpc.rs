@@ -4,7 +4,9 @@
 //! A full ingest queue answers `UNAVAILABLE` with a `RetryInfo` detail, which OTLP exporters
 //! treat as retryable after the given delay.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +24,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
@@ -33,6 +36,7 @@ use super::raw_grpc::RawTraceServer;
 use super::{Answer, admit, answer};
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally, otlp, otlp_fast};
+use crate::ready::Latch;
 use crate::sources::discovery_tap::Export;
 use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
@@ -139,12 +143,32 @@ impl LogsService for OtlpGrpc {
     }
 }
 
-/// Serve both services on `listener` until `shutdown` fires.
+/// The listener as tonic's stream of connections. Tonic first asks it for one once its set-up
+/// (TLS included) succeeded and it is serving: that is when `up` is released.
+struct Serving {
+    listener: TcpListenerStream,
+    up: Option<Latch>,
+}
+
+impl Stream for Serving {
+    type Item = std::io::Result<tokio::net::TcpStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(up) = self.up.take() {
+            up.release();
+        }
+        Pin::new(&mut self.listener).poll_next(cx)
+    }
+}
+
+/// Serve both services on `listener` until `shutdown` fires; `up` is released once serving.
+/// An error is a server that never served or stopped serving.
 pub async fn serve(
     listener: TcpListener,
     service: OtlpGrpc,
     tls: Option<crate::tls::Tls>,
     shutdown: CancellationToken,
+    up: Latch,
 ) -> Result<(), tonic::transport::Error> {
     let max = service.ctx.limits.max_decompressed_bytes;
     let token = service.ctx.token.clone();
@@ -186,10 +210,14 @@ pub async fn serve(
         let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
+    let incoming = Serving {
+        listener: TcpListenerStream::new(listener),
+        up: Some(up),
+    };
     server
         .add_service(traces)
         .add_service(logs)
         .add_service(metrics)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
