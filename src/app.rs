@@ -140,7 +140,7 @@ async fn open_store(config: &Config) -> Result<Opened, StartError> {
     Ok(opened)
 }
 
-/// An engine as `config` wants it, empty: at start and when a failed commit rebuilds it.
+/// An engine as `config` wants it, empty.
 fn new_engine(config: &Config, metrics: &Arc<Metrics>, ids: &Option<Pseudonymizer>) -> Engine {
     let mut engine = Engine::new(config, metrics.clone());
     if let Some(ids) = ids {
@@ -185,21 +185,8 @@ fn start_engine(
         }
         None => (None, None),
     };
-    let (cfg, fresh_metrics) = (config.clone(), metrics.clone());
-    let rebuild: pipeline::Rebuild = Box::new(move |store: &Store| {
-        let mut engine = new_engine(&cfg, &fresh_metrics, &ids);
-        engine.restore(store.restore()?);
-        Ok(engine)
-    });
     let capacity = config.limits.queue_capacity;
-    let (ingest, control) = pipeline::spawn(
-        engine,
-        store,
-        capacity,
-        metrics.clone(),
-        link,
-        Some(rebuild),
-    );
+    let (ingest, control) = pipeline::spawn(engine, store, capacity, metrics.clone(), link);
     Ok(Started {
         ingest,
         control,

@@ -7,9 +7,10 @@
 //! their effects and file checkpoints in one transaction (group commit), and only then
 //! acknowledges each producer. Nothing acknowledged is ever lost to a crash. Cluster verdicts
 //! reach the engine on a path of their own ([`Verdict`], [`VERDICT_CAPACITY`]).
-//! When a commit fails (a full disk), every batch of the group is answered with the error
-//! (503 / `UNAVAILABLE`) and the engine is reloaded from what the store committed, undoing them
-//! all: a retry is judged again instead of being taken as already known.
+//! When a commit fails (a full disk), every batch of the group is undone from the engine's undo
+//! log, newest first, and answered with the error (503 / `UNAVAILABLE`): a retry is judged
+//! again instead of being taken as already known. The undo costs what the batches changed, not
+//! what the store holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,11 +115,6 @@ impl IngestHandle {
     }
 }
 
-/// Builds the engine afresh from what the store has committed: after a failed commit, the
-/// in-memory effects of every batch in the group (and of the ticks before it) are undone by
-/// replacing the engine with one restored from the store, so a retry is judged again.
-pub type Rebuild = Box<dyn FnMut(&Store) -> Result<Engine, crate::store::StoreError> + Send>;
-
 /// Receives the new global bindings each commit made, for Redis to judge.
 pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 
@@ -188,8 +184,9 @@ pub fn spawn(
     capacity: usize,
     metrics: Arc<Metrics>,
     cluster: Option<ClusterLink>,
-    rebuild: Option<Rebuild>,
 ) -> (IngestHandle, EngineControl) {
+    let mut engine = engine;
+    engine.keep_undo_log();
     let (tx, rx) = sync_channel(capacity);
     let label = QueueLabels {
         queue: "ingest".into(),
@@ -213,7 +210,6 @@ pub fn spawn(
         metrics,
         popped,
         cluster,
-        rebuild,
         stop: stop.clone(),
         settle_on_stop: settle_on_stop.clone(),
     };
@@ -237,7 +233,6 @@ struct EngineWorker {
     metrics: Arc<Metrics>,
     popped: Counter,
     cluster: Option<ClusterLink>,
-    rebuild: Option<Rebuild>,
     stop: Arc<AtomicBool>,
     settle_on_stop: Arc<AtomicBool>,
 }
@@ -276,20 +271,10 @@ impl EngineWorker {
         }
     }
 
-    /// Forget everything not committed: the engine becomes what the store holds. Every batch of
-    /// the failed group is answered with the error, so each retry is judged again (and a
-    /// conflict whose commit failed still becomes a finding once the store takes writes).
-    fn undo(&mut self) {
-        let Some(rebuild) = self.rebuild.as_mut() else {
-            return;
-        };
-        match rebuild(&self.store) {
-            Ok(engine) => self.engine = engine.with_evidence(self.engine.watch_evidence()),
-            Err(e) => tracing::error!(error = %e, "cannot reload the engine from the store"),
-        }
-    }
-
     fn process(&mut self, group: &mut Vec<Batch>, stopping: bool) {
+        // Everything after this mark is the group's (and this tick's): undone together if the
+        // commit fails, newest first, so each retry is judged again.
+        let mark = self.engine.undo_mark();
         let mut fx = Effects::default();
         let mut checkpoints = Vec::new();
         for batch in group.iter_mut() {
@@ -332,12 +317,14 @@ impl EngineWorker {
         let healthy = self.store.health().is_ok();
         self.metrics.store_healthy.set(i64::from(healthy));
         if result.is_ok() {
+            self.engine.committed(self.engine.undo_mark());
             // Counted before the producers hear back, so a scrape after the ack sees it.
             for n in &fx.news {
                 self.engine.count_committed(n);
             }
         } else {
-            self.undo();
+            let written: Vec<String> = fx.findings.iter().map(|r| r.finding.id.clone()).collect();
+            self.engine.undo_since(mark, &written);
         }
         for batch in group.drain(..) {
             if result.is_ok() {
@@ -402,7 +389,7 @@ mod tests {
             checks: sink,
             verdicts,
         };
-        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link), None);
+        let (ingest, control) = spawn(engine, store, 4, metrics, Some(link));
         let mut identity = BTreeMap::new();
         identity.insert("service.name".to_owned(), "api".to_owned());
         let observation = Observation {

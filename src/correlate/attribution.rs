@@ -111,7 +111,7 @@ impl Received {
 }
 
 /// An observation waiting for its trace's user.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Parked {
     pub obs: Observation,
     pub received: Received,
@@ -163,6 +163,20 @@ impl Pending {
             }
         }
         overflow
+    }
+
+    /// Forget the observation `seq` waiting on `trace` (its batch was undone).
+    pub fn unpark(&mut self, trace: &TraceId, seq: u64) {
+        let Some(list) = self.by_trace.get_mut(trace) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|p| p.seq != seq);
+        self.len -= before - list.len();
+        if list.is_empty() {
+            // Its entry in `order` goes stale, which `pop_oldest` skips.
+            self.by_trace.remove(trace);
+        }
     }
 
     /// Everything waiting on `trace`.

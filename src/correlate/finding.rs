@@ -173,6 +173,16 @@ pub struct Subject<'a> {
     pub severity: &'a str,
 }
 
+/// A finding's lists before one `absorb`: growth only appends, so cutting them back to these
+/// lengths undoes it (the engine's undo log keeps this until the batch is committed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lengths {
+    pub users: usize,
+    pub user_count: u64,
+    pub tenants: usize,
+    pub evidence: usize,
+}
+
 /// What one `absorb` (the engine's single growth path for findings) changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Growth {
@@ -184,6 +194,8 @@ pub struct Growth {
     pub escalated: bool,
     /// `last_seen` moved later.
     pub last_seen: bool,
+    /// The lists before, to undo the growth.
+    pub before: Lengths,
 }
 
 impl Growth {
@@ -195,6 +207,11 @@ impl Growth {
     /// Anything that must be written back.
     pub fn changed(&self) -> bool {
         self.is_news() || self.tenants > 0 || self.last_seen
+    }
+
+    /// Anything a later judgement depends on (all but `last_seen`): what the undo log keeps.
+    pub fn structural(&self) -> bool {
+        self.is_news() || self.tenants > 0
     }
 }
 

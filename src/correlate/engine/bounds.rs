@@ -1,6 +1,7 @@
 //! The bounds that keep engine state flat: the global cap on tracked instances and per-watch
 //! retention, with their metrics.
 
+use super::undo::Undo;
 use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey};
 use crate::correlate::finding::FindingKind;
 use crate::telemetry::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
@@ -60,7 +61,8 @@ impl Engine {
     }
 
     pub(super) fn remove_instance(&mut self, key: &InstanceKey, reason: &str, fx: &mut Effects) {
-        if self.instances.remove(key).is_some() {
+        if let Some(state) = self.instances.remove(key) {
+            self.undo.push(Undo::Instance(key.clone(), Some(state)));
             self.counters[key.watch as usize].tracked.dec();
             let name = self.watches[key.watch as usize].name.clone();
             self.count_evicted(&name, reason);

@@ -5,10 +5,11 @@
 //! locally, through a misdelivered event or through a cluster verdict alike.
 
 use super::observe::Sighting;
+use super::undo::Undo;
 use super::{DELIVERY_WATCH, Effects, Engine, FindingNews, FindingRecord, Received, Seed, Use};
 use crate::config::{Boundary, Policy};
 use crate::correlate::finding::{
-    Evidence, Finding, FindingKind, Growth, MAX_EVIDENCE, Subject, rfc3339,
+    Evidence, Finding, FindingKind, Growth, Lengths, MAX_EVIDENCE, Subject, rfc3339,
 };
 use crate::normalize::{Observation, TraceId};
 use crate::telemetry::metrics::{FindingLabels, TraceExemplar, WatchServiceLabels};
@@ -41,7 +42,15 @@ impl FindingRecord {
         last_seen_ns: u64,
     ) -> Growth {
         let f = &mut self.finding;
-        let mut growth = Growth::default();
+        let mut growth = Growth {
+            before: Lengths {
+                users: f.users.len(),
+                user_count: f.user_count,
+                tenants: f.tenants.len(),
+                evidence: f.evidence.len(),
+            },
+            ..Growth::default()
+        };
         let mut added: Vec<&str> = Vec::new();
         for user in users {
             if f.add_user(user) {
@@ -74,6 +83,19 @@ impl FindingRecord {
             growth.last_seen = true;
         }
         growth
+    }
+
+    /// Undo growth back to `before`; `severity`: the one it had before escalating, if it did.
+    pub(super) fn shrink(&mut self, before: Lengths, severity: Option<&str>) {
+        let f = &mut self.finding;
+        f.users.truncate(before.users);
+        f.user_count = before.user_count;
+        f.tenants.truncate(before.tenants);
+        f.cross_tenant = f.tenants.len() > 1;
+        f.evidence.truncate(before.evidence);
+        if let Some(severity) = severity {
+            f.severity = severity.to_owned();
+        }
     }
 }
 
@@ -171,6 +193,9 @@ impl Engine {
         let Some(record) = self.findings.get(id) else {
             return;
         };
+        if growth.structural() {
+            self.undo.push(Undo::FindingGrown(id.to_owned(), growth));
+        }
         if growth.is_news() {
             fx.findings.retain(|f| f.finding.id != id);
             fx.findings.push(record.clone());
@@ -204,6 +229,7 @@ impl Engine {
             trace,
         });
         self.findings.insert(id.clone(), record);
+        self.undo.push(Undo::FindingAdded(id.clone()));
         id
     }
 
@@ -254,6 +280,7 @@ impl Engine {
             obs.end_ns,
         );
         let id = self.publish(record, obs.trace_id, received, fx);
+        self.undo.push(Undo::Delivery(key.clone()));
         self.deliveries.insert(key, id);
     }
 

@@ -19,6 +19,7 @@ use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
 use crate::telemetry::metrics::{Metrics, WatchLabels};
 use observe::Sighting;
+use undo::{Undo, UndoLog};
 
 /// The pseudo-watch under which misdelivered events are reported.
 pub const DELIVERY_WATCH: &str = "event_delivery";
@@ -72,7 +73,7 @@ impl Seed {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct InstanceState {
     uses: Vec<Use>,
     finding: Option<Box<str>>,
@@ -117,6 +118,10 @@ pub struct Engine {
     /// Shared with the admin API, which reads verdicts from it; locked per watched
     /// observation (uncontended but for an API read).
     evidence: Arc<parking_lot::Mutex<Evidence>>,
+    /// How to undo what uncommitted batches changed (see `undo.rs`).
+    undo: UndoLog,
+    /// Scopes whose row an undone batch carried: written with the next commit.
+    unwritten_scopes: Vec<u32>,
 }
 
 impl Engine {
@@ -168,19 +173,14 @@ impl Engine {
             restored_overflow: Vec::new(),
             unreadable_pending: Vec::new(),
             evidence: Arc::new(parking_lot::Mutex::new(evidence)),
+            undo: UndoLog::default(),
+            unwritten_scopes: Vec::new(),
         }
     }
 
     /// The per-watch evidence, for the admin API and the gate's summary.
     pub fn watch_evidence(&self) -> Arc<parking_lot::Mutex<Evidence>> {
         self.evidence.clone()
-    }
-
-    /// Carry on counting into `evidence` (the admin API holds it): an engine reloaded after a
-    /// failed commit keeps the one the API reads.
-    pub fn with_evidence(mut self, evidence: Arc<parking_lot::Mutex<Evidence>>) -> Self {
-        self.evidence = evidence;
-        self
     }
 
     /// Leave conflicts on global watches to the cluster (Redis) instead of judging them here.
@@ -235,6 +235,7 @@ impl Engine {
         let i = self.scopes.len() as u32;
         self.scopes.push(resource.clone());
         self.scope_index.insert(resource.scope_key.clone(), i);
+        self.undo.push(Undo::Scope(i));
         fx.scopes.push(ScopeRow {
             scope_key: resource.scope_key.clone(),
             identity_json: serde_json::to_string(&resource.identity).unwrap_or_default(),
@@ -279,6 +280,7 @@ impl Engine {
                         received_ns: received.wall_ns,
                         body: self.parked_row(&obs),
                     });
+                    self.undo.push(Undo::Parked(trace, seq));
                     let parked = Parked { obs, received, seq };
                     for p in self.pending.park(trace, parked, deadline) {
                         self.count_evicted("", "pending_full");
@@ -302,7 +304,19 @@ impl Engine {
 
     /// Periodic work: settle observations whose wait ran out, apply retention, flush `last_seen`.
     pub fn tick(&mut self, now: Received, fx: &mut Effects) {
-        fx.unparked.append(&mut self.unreadable_pending);
+        if !self.unreadable_pending.is_empty() {
+            self.undo
+                .push(Undo::Unreadable(self.unreadable_pending.clone()));
+            fx.unparked.append(&mut self.unreadable_pending);
+        }
+        for i in std::mem::take(&mut self.unwritten_scopes) {
+            let r = &self.scopes[i as usize];
+            fx.scopes.push(ScopeRow {
+                scope_key: r.scope_key.clone(),
+                identity_json: serde_json::to_string(&r.identity).unwrap_or_default(),
+            });
+            self.undo.push(Undo::Scope(i));
+        }
         for parked in std::mem::take(&mut self.restored_overflow) {
             self.settle_parked(parked, now, fx);
         }
@@ -332,6 +346,9 @@ impl Engine {
 
     fn settle_parked(&mut self, parked: Parked, now: Received, fx: &mut Effects) {
         fx.unparked.push(parked.seq);
+        if self.undo.is_on() {
+            self.undo.push(Undo::Settled(parked.clone()));
+        }
         self.settle(parked.obs, parked.received, now, fx);
     }
 
@@ -450,12 +467,14 @@ mod isolation;
 mod observe;
 mod remote;
 mod restore;
+mod undo;
 
 pub use contract::{
     BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, Restored,
     RestoredScope, ScopeRow,
 };
 pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
+pub use undo::UndoMark;
 
 #[cfg(test)]
 pub(crate) mod tests;

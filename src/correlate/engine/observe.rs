@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use super::isolation::InstanceSeen;
+use super::undo::Undo;
 use super::{BindingRow, Effects, Engine, InstanceKey, InstanceState, Received, Seed, Use};
 use crate::config::{Boundary, Policy, Scope};
 use crate::normalize::Observation;
@@ -82,7 +83,8 @@ impl Engine {
         } else if !conflicts.is_empty() {
             let id = self.raise(&s, conflicts, this_use, fx);
             if let Some(state) = self.instances.get_mut(&s.key) {
-                state.finding = Some(id.into());
+                let before = state.finding.replace(id.into());
+                self.undo.push(Undo::Link(s.key.clone(), before));
             }
         }
         seen
@@ -96,9 +98,19 @@ impl Engine {
             self.evict_least_recent(fx);
         }
         let state = match self.instances.entry(s.key.clone()) {
-            Entry::Occupied(o) => o.into_mut(),
+            Entry::Occupied(o) => {
+                let state = o.into_mut();
+                // A new user changes what later observations are judged against: keep the
+                // instance as it was until the batch commits. A known user costs nothing.
+                if self.undo.is_on() && !state.uses.iter().any(|u| u.user == s.user) {
+                    self.undo
+                        .push(Undo::Instance(s.key.clone(), Some(state.clone())));
+                }
+                state
+            }
             Entry::Vacant(v) => {
                 self.counters[s.key.watch as usize].tracked.inc();
+                self.undo.push(Undo::Instance(s.key.clone(), None));
                 v.insert(InstanceState::default())
             }
         };

@@ -160,7 +160,8 @@ impl Engine {
             id: rc.check.instance.as_str().into(),
         };
         if let Some(state) = self.instances.get_mut(&key) {
-            state.finding = Some(id.into());
+            let before = state.finding.replace(id.into());
+            self.undo.push(super::undo::Undo::Link(key, before));
         }
     }
 }

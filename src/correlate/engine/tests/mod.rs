@@ -125,13 +125,13 @@ fn policies_and_scopes() {
     }
 }
 
-fn traced(mut o: Observation, trace: u8) -> Observation {
+pub(super) fn traced(mut o: Observation, trace: u8) -> Observation {
     o.trace_id = Some(TraceId([trace; 16]));
     o
 }
 
 /// A root span naming the user and touching no watched instance.
-fn root(user: &str, trace: u8) -> Observation {
+pub(super) fn root(user: &str, trace: u8) -> Observation {
     let mut o = traced(obs(Some(user), None, "unused", 1, 2, "p1"), trace);
     o.watched.clear();
     o
@@ -459,3 +459,4 @@ fn hmac_mode_binds_pseudonyms_only() {
 
 mod allow;
 pub(crate) mod growth;
+pub(crate) mod undo;
