@@ -36,6 +36,16 @@ impl Signal {
             Signal::Event => "event",
         }
     }
+
+    /// The signal named by [`Self::as_str`]; anything else reads as a span (the oldest stores
+    /// wrote only spans).
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "log" => Signal::Log,
+            "event" => Signal::Event,
+            _ => Signal::Span,
+        }
+    }
 }
 
 /// A 16-byte W3C trace id (never all zeroes).

@@ -11,6 +11,7 @@ use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, 
 use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::{FindingState, StateChange, rfc3339};
 use crate::correlate::{Finding, FindingKind};
+use crate::normalize::{Signal, SpanId, TraceId};
 
 impl Store {
     /// Everything the engine needs to carry on where it stopped.
@@ -43,9 +44,15 @@ impl Store {
                 last_ns: r.get::<_, i64>(6)? as u64,
                 last_start_ns: r.get::<_, i64>(7)? as u64,
                 last_end_ns: r.get::<_, i64>(8)? as u64,
-                trace_id: r.get(9)?,
-                span_id: r.get(10)?,
-                signal: r.get(11)?,
+                trace_id: r
+                    .get::<_, Option<String>>(9)?
+                    .as_deref()
+                    .and_then(TraceId::from_hex),
+                span_id: r
+                    .get::<_, Option<String>>(10)?
+                    .as_deref()
+                    .and_then(SpanId::from_hex),
+                signal: Signal::from_name(&r.get::<_, String>(11)?),
                 evidence_scope_key: r.get(12)?,
             })
         })?;

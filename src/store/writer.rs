@@ -119,7 +119,10 @@ impl Store {
                     last_ns, last_start_ns, last_end_ns, trace_id, span_id, signal, evidence_scope_key)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
+            let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
             for b in &fx.bindings {
+                let trace_id = b.trace_id.map(|t| hex_str(&t.0, &mut trace_hex));
+                let span_id = b.span_id.map(|s| hex_str(&s.0, &mut span_hex));
                 binding.execute(params![
                     b.watch,
                     b.scope_key,
@@ -130,9 +133,9 @@ impl Store {
                     b.last_ns as i64,
                     b.last_start_ns as i64,
                     b.last_end_ns as i64,
-                    b.trace_id,
-                    b.span_id,
-                    b.signal,
+                    trace_id,
+                    span_id,
+                    b.signal.as_str(),
                     b.evidence_scope_key,
                 ])?;
             }
@@ -231,4 +234,12 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// `bytes` as lowercase hex in `buf` (twice as long), without allocating.
+fn hex_str<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
+    let out = &mut buf[..bytes.len() * 2];
+    // Cannot fail: `out` is exactly twice as long as `bytes`, and hex digits are ASCII.
+    let _ = hex::encode_to_slice(bytes, out);
+    std::str::from_utf8(out).unwrap_or_default()
 }

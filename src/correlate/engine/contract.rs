@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::Finding;
-use crate::normalize::TraceId;
+use crate::normalize::{Signal, SpanId, TraceId};
 
 use super::remote::ClusterCheck;
 
@@ -37,9 +37,11 @@ pub struct BindingRow {
     pub last_ns: u64,
     pub last_start_ns: u64,
     pub last_end_ns: u64,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub signal: String,
+    /// Raw ids and the signal, not their text: a binding row is made for every new
+    /// (instance, user) pair, and the store writes the hex without allocating.
+    pub trace_id: Option<TraceId>,
+    pub span_id: Option<SpanId>,
+    pub signal: Signal,
     pub evidence_scope_key: String,
 }
 

@@ -135,9 +135,9 @@ impl Engine {
             last_ns: end,
             last_start_ns: start,
             last_end_ns: end,
-            trace_id: s.obs.trace_id.map(|t| t.to_string()),
-            span_id: s.obs.span_id.map(|t| t.to_string()),
-            signal: s.obs.signal.as_str().to_owned(),
+            trace_id: s.obs.trace_id,
+            span_id: s.obs.span_id,
+            signal: s.obs.signal,
             evidence_scope_key: s.obs.resource.scope_key.clone(),
         });
     }

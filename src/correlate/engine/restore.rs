@@ -206,13 +206,9 @@ impl Engine {
                 },
                 first: Seed {
                     time_ns: b.first_ns,
-                    trace_id: b.trace_id.as_deref().and_then(TraceId::from_hex),
-                    span_id: b.span_id.as_deref().and_then(SpanId::from_hex),
-                    signal: match b.signal.as_str() {
-                        "log" => Signal::Log,
-                        "event" => Signal::Event,
-                        _ => Signal::Span,
-                    },
+                    trace_id: b.trace_id,
+                    span_id: b.span_id,
+                    signal: b.signal,
                     scope: evidence_scope,
                 },
             });
