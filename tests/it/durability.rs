@@ -235,3 +235,38 @@ fn span_still_waiting_for_its_trace_user_survives_kill_9() {
     );
     assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
 }
+
+/// Two users bound to one instance in the store with no finding row (a process that crashed
+/// between binding and judging, or an older release wrote it): judged again at start-up.
+#[test]
+fn conflicting_bindings_already_in_the_store_become_a_finding_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), FACTORY_WATCH);
+    assert_eq!(s.post_traces(&factory_use("alice", "f", 1)).status, 200);
+    s.terminate();
+    let db = rusqlite::Connection::open(dir.path().join("data/crosstalk.db")).unwrap();
+    let n = db
+        .execute(
+            "INSERT INTO bindings SELECT watch, scope_key, instance, 'bob', tenant, first_ns + 1,
+                last_ns + 1, last_start_ns + 1, last_end_ns + 1, trace_id, span_id, signal,
+                evidence_scope_key FROM bindings WHERE user = 'alice'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let findings: i64 = db
+        .query_row("SELECT count(*) FROM findings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(findings, 0);
+    drop(db);
+    let s = Server::start_in(dir.path(), FACTORY_WATCH);
+    let f = s
+        .wait_for(Duration::from_secs(5), |s| {
+            let f = s.findings();
+            (!f.is_empty()).then_some(f)
+        })
+        .expect("no finding after the restart");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(s.metric(r#"crosstalk_findings_total{type="shared_instance",watch="agent_factory",service="agent-backend"}"#), 1.0);
+}

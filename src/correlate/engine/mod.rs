@@ -122,6 +122,8 @@ pub struct Engine {
     undo: UndoLog,
     /// Scopes whose row an undone batch carried: written with the next commit.
     unwritten_scopes: Vec<u32>,
+    /// Findings raised at start-up from conflicts already in the store, for the next commit.
+    rejudged: Vec<(FindingRecord, FindingNews)>,
 }
 
 impl Engine {
@@ -175,6 +177,7 @@ impl Engine {
             evidence: Arc::new(parking_lot::Mutex::new(evidence)),
             undo: UndoLog::default(),
             unwritten_scopes: Vec::new(),
+            rejudged: Vec::new(),
         }
     }
 
@@ -309,6 +312,7 @@ impl Engine {
                 .push(Undo::Unreadable(self.unreadable_pending.clone()));
             fx.unparked.append(&mut self.unreadable_pending);
         }
+        self.flush_rejudged(fx);
         for i in std::mem::take(&mut self.unwritten_scopes) {
             let r = &self.scopes[i as usize];
             fx.scopes.push(ScopeRow {
@@ -465,6 +469,7 @@ mod contract;
 mod findings;
 mod isolation;
 mod observe;
+mod rejudge;
 mod remote;
 mod restore;
 mod undo;

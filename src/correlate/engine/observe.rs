@@ -48,6 +48,25 @@ impl Rule {
             Boundary::Tenant => tenant.as_deref(),
         }
     }
+
+    /// Whether two recorded uses conflict (restored state, judged again at start-up).
+    pub fn conflict(&self, a: &Use, b: &Use) -> bool {
+        let (pa, pb) = (
+            self.principal(&a.user, &a.tenant),
+            self.principal(&b.user, &b.tenant),
+        );
+        pa.is_some()
+            && pb.is_some()
+            && pa != pb
+            && match self.policy {
+                Policy::Allow => false,
+                Policy::Exclusive => true,
+                Policy::Concurrent => a
+                    .intervals
+                    .iter()
+                    .any(|&(s, e)| b.intervals.iter().any(|&(s2, e2)| s <= e2 && s2 <= e)),
+            }
+    }
 }
 
 impl Engine {

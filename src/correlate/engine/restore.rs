@@ -236,6 +236,7 @@ impl Engine {
             }
             self.findings.insert(f.id.clone(), record);
         }
+        self.rejudge_restored();
         self.restore_evidence(&restored.evidence);
         self.update_tracked_gauges();
         let now = crate::correlate::finding::now_ns();

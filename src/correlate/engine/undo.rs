@@ -16,7 +16,7 @@
 //! - the log is off unless the engine's commits are acknowledged (the pipeline turns it on),
 //!   and it is emptied by every successful commit, so it holds at most one group's changes.
 
-use super::{Engine, InstanceKey, InstanceState};
+use super::{Engine, FindingNews, FindingRecord, InstanceKey, InstanceState};
 use crate::correlate::attribution::Parked;
 use crate::correlate::finding::Growth;
 use crate::normalize::TraceId;
@@ -39,6 +39,8 @@ pub(super) enum Undo {
     Settled(Parked),
     /// Unreadable waiting rows whose deletion the batch carried.
     Unreadable(Vec<u64>),
+    /// Findings judged at start-up that the batch's commit carried.
+    Rejudged(Vec<(FindingRecord, FindingNews)>),
 }
 
 /// A position in the log: everything recorded after it belongs to later batches.
@@ -142,6 +144,7 @@ impl Engine {
             // Settled again at the next tick (its trace's user, if learned, is still known).
             Undo::Settled(parked) => self.restored_overflow.push(parked),
             Undo::Unreadable(mut seqs) => self.unreadable_pending.append(&mut seqs),
+            Undo::Rejudged(mut rejudged) => self.rejudged.append(&mut rejudged),
         }
     }
 }

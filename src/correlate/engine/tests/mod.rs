@@ -59,6 +59,17 @@ pub(super) fn at(wall_s: u64) -> Received {
     }
 }
 
+/// The scopes a batch interned, as the store would hand them back.
+pub(super) fn restored_scopes(fx: &Effects) -> Vec<RestoredScope> {
+    fx.scopes
+        .iter()
+        .map(|s| RestoredScope {
+            scope_key: s.scope_key.clone(),
+            identity: serde_json::from_str(&s.identity_json).unwrap(),
+        })
+        .collect()
+}
+
 pub(super) fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<FindingRecord>) {
     let mut engine = Engine::new(cfg, Arc::new(Metrics::new()));
     let mut fx = Effects::default();
@@ -362,14 +373,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         &mut fx,
     );
     let restored = Restored {
-        scopes: fx
-            .scopes
-            .iter()
-            .map(|s| RestoredScope {
-                scope_key: s.scope_key.clone(),
-                identity: serde_json::from_str(&s.identity_json).unwrap(),
-            })
-            .collect(),
+        scopes: restored_scopes(&fx),
         bindings: fx.bindings.clone(),
         findings: Vec::new(),
         pending: Vec::new(),
@@ -390,14 +394,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
     bindings.extend(fx2.bindings.clone());
     let mut third = Engine::new(&cfg, Arc::new(Metrics::new()));
     third.restore(Restored {
-        scopes: fx
-            .scopes
-            .iter()
-            .map(|s| RestoredScope {
-                scope_key: s.scope_key.clone(),
-                identity: serde_json::from_str(&s.identity_json).unwrap(),
-            })
-            .collect(),
+        scopes: restored_scopes(&fx),
         bindings,
         findings: fx2.findings.clone(),
         pending: Vec::new(),
@@ -459,4 +456,5 @@ fn hmac_mode_binds_pseudonyms_only() {
 
 mod allow;
 pub(crate) mod growth;
+pub(crate) mod rejudge;
 pub(crate) mod undo;
