@@ -238,20 +238,18 @@ fn serve_listeners(
     s: &Serving,
 ) {
     let acceptor = || tls.as_ref().map(|t| t.acceptor.clone());
+    let bounds = listener_bounds(&ctx.limits, ctx.metrics.clone());
     let otlp = Arc::new(OtlpHttp { ctx: ctx.clone() });
-    servers.spawn(serve_http(
-        listeners.otlp_http,
-        otlp,
-        acceptor(),
-        s,
-        up.otlp_http,
-    ));
+    let otlp_http = (listeners.otlp_http, bounds("otlp_http"));
+    servers.spawn(serve_http(otlp_http, otlp, acceptor(), s, up.otlp_http));
     let admin = Arc::new(admin);
-    servers.spawn(serve_http(listeners.admin, admin, acceptor(), s, up.admin));
-    let (grpc, s) = (OtlpGrpc::new(ctx), s.clone());
+    let admin_listener = (listeners.admin, bounds("admin"));
+    servers.spawn(serve_http(admin_listener, admin, acceptor(), s, up.admin));
+    let (grpc, s, grpc_bounds) = (OtlpGrpc::new(ctx), s.clone(), bounds("otlp_grpc"));
     servers.spawn(async move {
         let shutdown = s.shutdown.clone();
-        let served = otlp_grpc::serve(listeners.otlp_grpc, grpc, tls, shutdown, up.otlp_grpc).await;
+        let (listener, up) = (listeners.otlp_grpc, up.otlp_grpc);
+        let served = otlp_grpc::serve(listener, grpc, grpc_bounds, tls, shutdown, up).await;
         if let Err(e) = served {
             let reason = chain(&e);
             tracing::error!(error = %reason, "OTLP/gRPC server failed; shutting down");
@@ -266,7 +264,7 @@ fn serve_listeners(
 
 /// hyper's accept loop is the first thing the task does: running is serving.
 fn serve_http<H: Handler>(
-    listener: TcpListener,
+    (listener, bounds): (TcpListener, crate::connections::Bounds),
     handler: Arc<H>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     s: &Serving,
@@ -275,8 +273,29 @@ fn serve_http<H: Handler>(
     let (shutdown, grace) = (s.shutdown.clone(), s.grace);
     async move {
         up.release();
-        crate::http::serve(listener, handler, tls, shutdown, grace).await
+        crate::http::serve(listener, handler, tls, bounds, shutdown, grace).await
     }
+}
+
+/// Each listener's connection bounds: `limits.max_connections` clamped so that the three
+/// listeners together stay below the open-files limit (each keeps its own share, so a full
+/// OTLP listener never takes the admin listener's descriptors).
+fn listener_bounds(
+    limits: &crate::config::Limits,
+    metrics: Arc<Metrics>,
+) -> impl Fn(&'static str) -> crate::connections::Bounds + use<> {
+    let fd_limit = crate::connections::open_files_limit();
+    let cap = crate::connections::per_listener_cap(limits.max_connections, fd_limit);
+    if cap < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_files_limit = fd_limit,
+            per_listener = cap,
+            "limits.max_connections clamped below the open-files limit"
+        );
+    }
+    let (header, idle) = (limits.header_timeout, limits.idle_timeout);
+    move |source| crate::connections::Bounds::new(source, cap, header, idle, metrics.clone())
 }
 
 /// An error with its sources: tonic's own message alone says only "transport error".

@@ -1,12 +1,17 @@
 //! The HTTP server loop shared by the OTLP/HTTP listener and the admin API: hyper over
 //! hyper-util's auto (HTTP/1 + h2c) builder, with graceful shutdown.
 //!
-//! On shutdown the listener is dropped first (no new connections), then in-flight requests get
+//! Each listener has a connection cap and per-connection header/idle clocks
+//! ([`crate::connections`]). On shutdown the listener keeps answering for [`DRAIN_LINGER`]
+//! (while connections are open): every new request, also on a kept-alive connection, is
+//! answered 503 with `Retry-After` and `Connection: close`, so a client learns to retry instead
+//! of writing into a closed socket. Then the listener is dropped and in-flight requests get
 //! until the grace deadline to finish.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +26,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::{Bounds, Clock, Clocked};
+
 /// A client gets this long to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long after shutdown begins a listener with open connections still answers (503).
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Every response crosstalk's HTTP servers send.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -35,17 +44,27 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = HttpResponse> + Send;
 }
 
-/// Serve `handler` on `listener` (over TLS when `tls` is set) until `shutdown` fires, then
-/// drain for at most `grace`.
+/// Serve `handler` on `listener` (over TLS when `tls` is set) within `bounds` until `shutdown`
+/// fires and [`DRAIN_LINGER`] has passed, then drain for at most `grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     tls: Option<TlsAcceptor>,
+    bounds: Bounds,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let linger = async {
+        shutdown.cancelled().await;
+        let until = tokio::time::Instant::now() + DRAIN_LINGER.min(grace);
+        while open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::pin!(linger);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,42 +76,66 @@ pub async fn serve<H: Handler>(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => break,
+            _ = &mut linger => break,
+        };
+        let Some(permit) = bounds.admit() else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let connection = Connection {
+            clock: Clock::new(),
+            bounds: bounds.clone(),
+            open: OpenGuard::new(open.clone()),
+            _permit: permit,
+        };
+        let (handler, clock, draining) =
+            (handler.clone(), connection.clock.clone(), shutdown.clone());
         let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+            let (handler, clock) = (handler.clone(), clock.clone());
+            let draining = draining.is_cancelled();
+            async move {
+                let _in_flight = InFlight::new(clock);
+                let response = if draining {
+                    shutting_down(req).await
+                } else {
+                    handler.handle(req).await
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         // The handshake runs in the connection's task, so a slow client cannot stall accepts.
         tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+            let clock = connection.clock.clone();
+            let served = async {
+                match tls {
+                    None => {
+                        let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+                        watcher
+                            .watch(builder.serve_connection(io, service).into_owned())
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream));
+                        let stream = match handshake.await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                            Err(_) => return Ok(()),
+                        };
+                        let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+                        watcher
+                            .watch(builder.serve_connection(io, service).into_owned())
+                            .await
                     }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            connection.run(served).await;
         });
     }
     drop(listener);
@@ -102,6 +145,86 @@ pub async fn serve<H: Handler>(
             tracing::warn!("grace period over with connections still open");
         }
     }
+}
+
+/// One accepted connection: its clock, its listener's bounds and its share of the cap.
+struct Connection {
+    clock: Arc<Clock>,
+    bounds: Bounds,
+    open: OpenGuard,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+impl Connection {
+    /// Serve until the connection ends or its clock expires (then it is closed).
+    async fn run(self, served: impl Future<Output = ServeResult>) {
+        let (header, idle) = (self.bounds.header_timeout, self.bounds.idle_timeout);
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            why = self.clock.expired(header, idle) => {
+                tracing::debug!(why, "connection closed");
+                if why == "header_timeout" {
+                    self.bounds.count(why);
+                }
+            }
+        }
+        drop(self.open);
+    }
+}
+
+/// Counts a connection as open while it lives (the drain linger waits for none to be left).
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request in flight on its connection's clock, also when its future is dropped.
+struct InFlight(Arc<Clock>);
+
+impl InFlight {
+    fn new(clock: Arc<Clock>) -> Self {
+        clock.request_started();
+        InFlight(clock)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The answer to a request that arrives once shutdown has begun. Its body is read first (for
+/// up to [`DRAIN_LINGER`]): closing with unread bytes resets the connection, which can destroy
+/// the 503 before the client reads it.
+async fn shutting_down(request: Request<Incoming>) -> HttpResponse {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Limited::new(request.into_body(), 64 << 20);
+    let _ = tokio::time::timeout(DRAIN_LINGER, body.collect()).await;
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "crosstalk is shutting down",
+    );
+    let headers = r.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// A response with a body and content type.

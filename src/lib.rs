@@ -24,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod correlate;
 pub mod gate;
 pub mod http;

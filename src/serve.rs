@@ -28,6 +28,16 @@ pub async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Before the ready line: a supervisor may send SIGTERM as soon as it reads it, and the
+    // default action would kill the process without draining.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("crosstalk: cannot install signal handlers: {e}");
+            let _ = app.stop(false).await;
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let a = app.addrs;
     tracing::info!(otlp_grpc = %a.otlp_grpc, otlp_http = %a.otlp_http, admin = %a.admin,
         startup_ms = started.elapsed().as_millis() as u64, "crosstalk ready");
@@ -38,14 +48,6 @@ pub async fn serve(config: Config) -> ExitCode {
             "otlp_http": a.otlp_http.to_string(), "admin": a.admin.to_string()})
     );
     let _ = std::io::stdout().flush();
-    let signals = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crosstalk: cannot install signal handlers: {e}");
-            let _ = app.stop(false).await;
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
     tokio::spawn(obey(signals, app.shutdown_token()));
     match app.run_until_shutdown().await {
         Ok(_) => {

@@ -20,8 +20,30 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use overrides::{Overrides, env_names};
-pub use raw::{EventFields, Limits};
+pub use raw::{DEFAULT_MAX_LABEL_VALUES, EventFields};
 pub use watch::{Boundary, Policy, Scope, Severity, Watch};
+
+/// Size, count and time limits (`[limits]`), each checked positive.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_tracked_instances: usize,
+    pub queue_capacity: usize,
+    pub max_body_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub max_id_bytes: usize,
+    pub max_attributes_per_span: usize,
+    /// Distinct values per metric label fed by client data (`service`); the rest are
+    /// exported as `__other__`.
+    pub max_label_values: usize,
+    /// A request head (HTTP/1) must arrive within this long of its first byte.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and nothing read for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this long (408 otherwise).
+    pub body_timeout: Duration,
+    /// Open connections per listener, before the clamp below the file-descriptor limit.
+    pub max_connections: usize,
+}
 
 /// The embedded default configuration, printed by `crosstalk config default`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");

@@ -17,7 +17,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub attribution: RawAttribution,
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: RawLimits,
     #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
@@ -106,10 +106,13 @@ impl Default for RawAttribution {
     }
 }
 
-/// Size and count limits. Raw and resolved at once: resolving only checks each is positive.
+/// The default of `limits.max_label_values`.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
+
+/// Size, count and time limits as written; resolved into [`super::Limits`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(super) struct RawLimits {
     pub max_tracked_instances: usize,
     pub queue_capacity: usize,
     pub max_body_bytes: usize,
@@ -119,9 +122,13 @@ pub struct Limits {
     /// Distinct values per metric label fed by client data (`service`); the rest are
     /// exported as `__other__`.
     pub max_label_values: usize,
+    pub header_timeout: String,
+    pub idle_timeout: String,
+    pub body_timeout: String,
+    pub max_connections: usize,
 }
 
-impl Default for Limits {
+impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_tracked_instances: 1_000_000,
@@ -130,7 +137,11 @@ impl Default for Limits {
             max_decompressed_bytes: 64 << 20,
             max_id_bytes: 256,
             max_attributes_per_span: 128,
-            max_label_values: 1000,
+            max_label_values: DEFAULT_MAX_LABEL_VALUES,
+            header_timeout: "10s".into(),
+            idle_timeout: "120s".into(),
+            body_timeout: "30s".into(),
+            max_connections: 4096,
         }
     }
 }

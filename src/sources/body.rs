@@ -21,6 +21,8 @@ pub enum BodyError {
     BadGzip(String),
     #[error("reading the request body failed: {0}")]
     Read(String),
+    #[error("request body not received within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl BodyError {
@@ -32,6 +34,7 @@ impl BodyError {
             }
             BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyError::BadGzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -43,6 +46,7 @@ impl BodyError {
             BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
             BodyError::BadGzip(_) => "bad_gzip",
             BodyError::Read(_) => "read_error",
+            BodyError::Timeout(_) => "body_timeout",
         }
     }
 }

@@ -60,18 +60,22 @@ impl SubmitError {
 }
 
 impl IngestContext {
-    /// Read a request body within this listener's compressed and decompressed limits.
+    /// Read a request body within this listener's compressed and decompressed limits, and
+    /// within `limits.body_timeout` (a client trickling its body holds a connection and a
+    /// task; it is answered 408).
     pub async fn read_body(
         &self,
         request: http::Request<hyper::body::Incoming>,
     ) -> Result<bytes::Bytes, body::BodyError> {
         let limits = &self.limits;
-        body::read_body(
+        let read = body::read_body(
             request,
             limits.max_body_bytes,
             limits.max_decompressed_bytes,
-        )
-        .await
+        );
+        tokio::time::timeout(limits.body_timeout, read)
+            .await
+            .map_err(|_| body::BodyError::Timeout(limits.body_timeout))?
     }
 
     /// Count a payload's per-item rejections under `source`, its unusable attribute values and

@@ -141,7 +141,7 @@ impl Metrics {
 
     /// Every family; the `crosstalk_cluster_*` ones only when `cluster` is configured.
     pub fn with_cluster(cluster: bool) -> Self {
-        Self::build(cluster, crate::config::Limits::default().max_label_values)
+        Self::build(cluster, crate::config::DEFAULT_MAX_LABEL_VALUES)
     }
 
     /// Every family, with at most `max_label_values` distinct `service` values.

@@ -13,13 +13,16 @@ use crate::normalize::{RejectReason, UnusableValue};
 
 /// How a request may be refused on its way to the ingest queue, by any network source.
 const SUBMIT_REASONS: [&str; 3] = ["queue_full", "shutting_down", "store_error"];
+/// How a listener refuses or cuts a connection (`connections`); gRPC heads are tonic's.
+const CONNECTION_REASONS: [&str; 2] = ["too_many_connections", "header_timeout"];
 /// How an HTTP body may be refused (`sources::body::BodyError::reason`).
-const BODY_REASONS: [&str; 5] = [
+const BODY_REASONS: [&str; 6] = [
     "body_too_large",
     "decompressed_too_large",
     "unsupported_encoding",
     "bad_gzip",
     "read_error",
+    "body_timeout",
 ];
 /// What the OTLP/HTTP handler refuses besides bodies and the queue.
 const OTLP_HTTP_REASONS: [&str; 4] = [
@@ -64,10 +67,15 @@ impl Metrics {
             .chain(BODY_REASONS)
             .chain(SUBMIT_REASONS)
             .chain(auth)
+            .chain(CONNECTION_REASONS)
             .chain(otlp_items.clone());
         self.zero_rejected("otlp_http", otlp_http);
-        let otlp_grpc = SUBMIT_REASONS.iter().copied().chain(auth).chain(otlp_items);
+        let otlp_grpc = (SUBMIT_REASONS.iter().copied())
+            .chain(auth)
+            .chain(["too_many_connections"])
+            .chain(otlp_items);
         self.zero_rejected("otlp_grpc", otlp_grpc);
+        self.zero_rejected("admin", CONNECTION_REASONS.into_iter());
         let events_http = (EVENTS_HTTP_REASONS.iter().copied())
             .chain(BODY_REASONS)
             .chain(SUBMIT_REASONS)

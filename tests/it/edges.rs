@@ -187,3 +187,153 @@ fn invented_service_names_are_capped_at_max_label_values_over_otlp_and_events() 
         200.0
     );
 }
+
+/// Read one HTTP/1.1 response (head and a `content-length` body) off `stream`.
+fn read_response(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let length = (head.lines())
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = stream.read_exact(&mut body);
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn half_a_request_head_is_cut_after_header_timeout_a_slow_body_and_an_idle_connection_too() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let s = Server::start(&format!(
+        "[limits]\nheader_timeout = \"500ms\"\nidle_timeout = \"2s\"\nbody_timeout = \"500ms\"\n{FACTORY_WATCH}"
+    ));
+    let mut slow = std::net::TcpStream::connect(s.http).unwrap();
+    slow.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: crosstalk\r\nContent-Ty")
+        .unwrap();
+    let sent = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)),
+        "a half-sent head kept its connection"
+    );
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(
+        s.metric(r#"crosstalk_rejected_total{source="otlp_http",reason="header_timeout"}"#),
+        1.0
+    );
+    // A connection that sent nothing is idle, not late: idle_timeout applies.
+    let mut quiet = std::net::TcpStream::connect(s.http).unwrap();
+    assert!(!closed_within(&mut quiet, Duration::from_secs(1)));
+    assert!(closed_within(&mut quiet, Duration::from_secs(3)));
+    // A body that stops arriving is answered 408 once body_timeout has passed.
+    let mut trickle = std::net::TcpStream::connect(s.http).unwrap();
+    trickle
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: crosstalk\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let answer = read_response(&mut trickle);
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+}
+
+#[test]
+fn admin_still_answers_with_every_otlp_connection_taken() {
+    let s = Server::start(&format!("[limits]\nmax_connections = 8\n{FACTORY_WATCH}"));
+    // Eight held connections on each OTLP listener: both are full.
+    let held: Vec<std::net::TcpStream> = (0..8)
+        .flat_map(|_| [s.http, s.grpc])
+        .map(|addr| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut ninth = std::net::TcpStream::connect(s.http).unwrap();
+    assert!(
+        closed_within(&mut ninth, std::time::Duration::from_secs(2)),
+        "a connection past the cap is closed at once"
+    );
+    let mut ninth_grpc = std::net::TcpStream::connect(s.grpc).unwrap();
+    assert!(closed_within(
+        &mut ninth_grpc,
+        std::time::Duration::from_secs(2)
+    ));
+    assert_eq!(get(&s.admin_url("/ready")).status, 200);
+    let m = get(&s.admin_url("/metrics"));
+    assert_eq!(m.status, 200);
+    let refused = |source: &str| {
+        metric_value(
+            &m.text(),
+            &format!(
+                r#"crosstalk_rejected_total{{source="{source}",reason="too_many_connections"}}"#
+            ),
+        )
+    };
+    assert_eq!(refused("otlp_http"), 1.0, "{}", m.text());
+    assert_eq!(refused("otlp_grpc"), 1.0, "{}", m.text());
+    // Room again once the held connections go.
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(s.post_traces(&factory_use("alice", "f", 1)).status, 200);
+}
+
+#[test]
+fn a_request_after_sigterm_on_a_kept_alive_connection_is_answered_503() {
+    use std::io::Write;
+    let mut s = Server::start(FACTORY_WATCH);
+    let body = factory_use("alice", "f", 1).encode_to_vec();
+    let request = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: crosstalk\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(s.http).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let send = |conn: &mut std::net::TcpStream| {
+        let sent = conn
+            .write_all(request.as_bytes())
+            .and_then(|()| conn.write_all(&body));
+        match sent {
+            Ok(()) => read_response(conn),
+            Err(e) => format!("write failed: {e}"),
+        }
+    };
+    let first = send(&mut conn);
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    std::process::Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let next = send(&mut conn);
+    assert!(next.starts_with("http/1.1 503"), "{next}\n{}", s.stderr());
+    assert!(next.contains("retry-after: 1"), "{next}");
+    assert!(next.contains("connection: close"), "{next}");
+    let (status, _) = s.terminate();
+    assert_eq!(status.code(), Some(0), "{}", s.stderr());
+}

@@ -24,8 +24,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::net::TcpListener;
+
+use crate::connections::{Admitted, Bounds};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
@@ -146,12 +148,12 @@ impl LogsService for OtlpGrpc {
 /// The listener as tonic's stream of connections. Tonic first asks it for one once its set-up
 /// (TLS included) succeeded and it is serving: that is when `up` is released.
 struct Serving {
-    listener: TcpListenerStream,
+    listener: ReceiverStream<std::io::Result<Admitted>>,
     up: Option<Latch>,
 }
 
 impl Stream for Serving {
-    type Item = std::io::Result<tokio::net::TcpStream>;
+    type Item = std::io::Result<Admitted>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(up) = self.up.take() {
@@ -166,6 +168,7 @@ impl Stream for Serving {
 pub async fn serve(
     listener: TcpListener,
     service: OtlpGrpc,
+    bounds: Bounds,
     tls: Option<crate::tls::Tls>,
     shutdown: CancellationToken,
     up: Latch,
@@ -205,13 +208,16 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
     let metrics = InterceptedService::new(metrics, check);
-    let mut server = tonic::transport::Server::builder();
+    // HTTP/2 pings find dead peers: one unanswered within header_timeout closes the connection.
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(bounds.idle_timeout))
+        .http2_keepalive_timeout(Some(bounds.header_timeout));
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let incoming = Serving {
-        listener: TcpListenerStream::new(listener),
+        listener: bounds.incoming(listener),
         up: Some(up),
     };
     server
