@@ -1,12 +1,50 @@
 //! Reading request bodies within limits: the compressed size is capped while reading, the
 //! decompressed size while inflating, so neither a huge body nor a gzip bomb is ever held whole.
+//!
+//! Decoding is CPU work on input of up to 64 MiB: [`off_worker`] runs the big cases (gunzip,
+//! and the sources' protobuf walk or JSON parse) on the blocking pool, so one big export cannot
+//! stall the other connections of its async worker; small bodies stay inline, where they are
+//! cheaper than the hop.
 
 use std::io::Read;
+
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+
+/// Decoding work up to this many bytes runs inline: less than the hop to the blocking pool
+/// costs (an export of a few hundred spans is well under it).
+pub const INLINE_MAX: usize = 64 << 10;
+/// Deflate expands at most 1032:1, which bounds a gzip body's inflating work by its size.
+const DEFLATE_MAX_RATIO: usize = 1032;
+/// Big bodies decoding at once at most. Full-policy: a request waits for a slot, asynchronously
+/// (its worker serves other connections meanwhile), so big exports cannot take every core or
+/// blocking thread; the listeners' bounded connections bound the waiters.
+const DECODE_SLOTS: usize = 4;
+static SLOTS: Semaphore = Semaphore::const_new(DECODE_SLOTS);
+
+/// Run decoding worth `work` bytes where it cannot stall other connections: inline when small,
+/// else on the blocking pool, [`DECODE_SLOTS`] at once.
+pub async fn off_worker<T: Send + 'static>(
+    work: usize,
+    decode: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if work <= INLINE_MAX {
+        return decode();
+    }
+    let _slot = SLOTS
+        .acquire()
+        .await
+        .expect("the decode slots are never closed");
+    match tokio::task::spawn_blocking(decode).await {
+        Ok(decoded) => decoded,
+        // A decoder panic stays the connection's, as when it ran inline.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +120,10 @@ pub async fn read_body(
         .to_bytes();
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(body),
-        Some("gzip") | Some("x-gzip") => gunzip(&body, max_decompressed),
+        Some("gzip") | Some("x-gzip") => {
+            let work = body.len().saturating_mul(DEFLATE_MAX_RATIO);
+            off_worker(work, move || gunzip(&body, max_decompressed)).await
+        }
         Some(other) => Err(BodyError::UnsupportedEncoding(other.to_owned())),
     }
 }

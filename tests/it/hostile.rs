@@ -827,3 +827,48 @@ fn tls_on_every_listener() {
         serde_json::json!(["alice", "bob"])
     );
 }
+
+/// Defect 9: a big body was inflated and walked on the async worker that read it, so on a
+/// one-worker runtime every other connection waited for it. Four exports that inflate to 8 MiB
+/// of (valid, empty) resource spans are in flight when `/ready` is asked: it must be answered
+/// before any of them.
+#[test]
+fn a_big_gzip_export_in_flight_does_not_hold_up_other_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crosstalk.toml");
+    std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+    let s = Server::start_with_config(dir.path(), &config, &[("TOKIO_WORKER_THREADS", "1")]);
+    // Field 1 (resource_spans), length 0: the cheapest valid message to repeat, the longest walk.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let empty_resources = b"\x0a\x00".repeat(1 << 20);
+    for _ in 0..4 {
+        enc.write_all(&empty_resources).unwrap();
+    }
+    let body = std::sync::Arc::new(enc.finish().unwrap());
+    let url = s.http_url("/v1/traces");
+    let big: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let headers = [
+                    ("content-type", "application/x-protobuf"),
+                    ("content-encoding", "gzip"),
+                ];
+                let status = post(&url, &headers, &body).status;
+                (status, std::time::Instant::now())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let ready = get(&s.admin_url("/ready"));
+    let ready_at = std::time::Instant::now();
+    assert_eq!(ready.status, 200);
+    for handle in big {
+        let (status, done_at) = handle.join().unwrap();
+        assert_eq!(status, 200, "an export of empty resource spans is taken");
+        assert!(
+            ready_at < done_at,
+            "/ready waited for a big export to be decoded"
+        );
+    }
+}

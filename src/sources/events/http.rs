@@ -17,6 +17,7 @@ use crate::http::{HttpResponse, json as json_response, media_type};
 use crate::normalize::events::{Rejection, observe_event_line, observe_event_value};
 use crate::normalize::{Extractor, Observation, Tally};
 use crate::sources::IngestContext;
+use crate::sources::body::off_worker;
 use crate::telemetry::events::Rejected;
 
 const SOURCE: &str = "events_http";
@@ -47,7 +48,9 @@ pub async fn handle(ctx: &IngestContext, request: Request<Incoming>) -> HttpResp
         Err(e) => return refuse(ctx, e.status(), e.reason(), &e.to_string()),
     };
     let received = Received::now();
-    let parsed = match parse(&body, array, &ctx.extractor, received.wall_ns) {
+    let (ex, now_ns) = (ctx.extractor.clone(), received.wall_ns);
+    let parsed = off_worker(body.len(), move || parse(&body, array, &ex, now_ns));
+    let parsed = match parsed.await {
         Ok(parsed) => parsed,
         Err(message) => return refuse(ctx, StatusCode::BAD_REQUEST, "decode_error", &message),
     };

@@ -39,6 +39,7 @@ use super::{Answer, admit, answer};
 use crate::correlate::Received;
 use crate::normalize::{Extractor, Observation, Tally, otlp, otlp_fast};
 use crate::ready::Latch;
+use crate::sources::body::off_worker;
 use crate::sources::discovery_tap::Export;
 use crate::sources::{IngestContext, SubmitError};
 use crate::telemetry::events::{Discarded, Rejected};
@@ -100,15 +101,15 @@ impl OtlpGrpc {
         request: Request<Bytes>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let received = Received::now();
-        let mut tally = Tally::default();
         let body = request.into_inner();
-        let obs = otlp_fast::observe_traces_protobuf(
-            &body,
-            &self.ctx.extractor,
-            received.wall_ns,
-            &mut tally,
-        )
-        .map_err(|e| Status::new(Code::Internal, format!("invalid protobuf: {e}")))?;
+        let (ex, now_ns, bytes) = (self.ctx.extractor.clone(), received.wall_ns, body.clone());
+        let (obs, tally) = off_worker(body.len(), move || {
+            let mut tally = Tally::default();
+            let obs = otlp_fast::observe_traces_protobuf(&bytes, &ex, now_ns, &mut tally);
+            (obs, tally)
+        })
+        .await;
+        let obs = obs.map_err(|e| Status::new(Code::Internal, format!("invalid protobuf: {e}")))?;
         admit(&self.ctx, SOURCE, obs, received, &tally, "traces", "grpc")
             .await
             .map_err(unavailable)?;

@@ -27,7 +27,8 @@ use serde_json::json;
 use super::{admit, answer};
 use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, media_type, respond};
-use crate::normalize::{Observation, Tally, otlp, otlp_fast};
+use crate::normalize::{Extractor, Observation, Tally, otlp, otlp_fast};
+use crate::sources::body::off_worker;
 use crate::sources::discovery_tap::Export;
 use crate::sources::{IngestContext, events};
 use crate::telemetry::events::{Discarded, Rejected};
@@ -108,7 +109,7 @@ impl Handler for OtlpHttp {
         };
         match path.as_str() {
             "/v1/traces" => self.traces(encoding, body).await,
-            "/v1/metrics" => self.metrics(encoding, body),
+            "/v1/metrics" => self.metrics(encoding, body).await,
             _ => self.logs(encoding, body).await,
         }
     }
@@ -117,18 +118,7 @@ impl Handler for OtlpHttp {
 impl OtlpHttp {
     async fn traces(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
         let received = Received::now();
-        let mut tally = Tally::default();
-        let ex = &self.ctx.extractor;
-        // Protobuf goes through the zero-copy reader, which accepts exactly what prost accepts
-        // (see `normalize::otlp_fast`) without building the message.
-        let obs = match encoding {
-            Encoding::Protobuf => {
-                otlp_fast::observe_traces_protobuf(&body, ex, received.wall_ns, &mut tally)
-                    .map_err(|e| format!("invalid protobuf: {e}"))
-            }
-            Encoding::Json => decode::<ExportTraceServiceRequest>(encoding, &body)
-                .map(|request| otlp::observe_traces(&request, ex, received.wall_ns, &mut tally)),
-        };
+        let (obs, tally) = self.normalize(encoding, &body, received, traces_of).await;
         if let Err(refused) = self.admit(encoding, obs, received, &tally, "traces").await {
             return refused;
         }
@@ -141,10 +131,7 @@ impl OtlpHttp {
 
     async fn logs(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
         let received = Received::now();
-        let mut tally = Tally::default();
-        let ex = &self.ctx.extractor;
-        let obs = decode::<ExportLogsServiceRequest>(encoding, &body)
-            .map(|request| otlp::observe_logs(&request, ex, received.wall_ns, &mut tally));
+        let (obs, tally) = self.normalize(encoding, &body, received, logs_of).await;
         if let Err(refused) = self.admit(encoding, obs, received, &tally, "logs").await {
             return refused;
         }
@@ -155,6 +142,23 @@ impl OtlpHttp {
         encode(encoding, &answer::<ExportLogsServiceResponse>(&tally))
     }
 
+    /// Decode and normalize, off the async worker when the body is big (see `off_worker`).
+    async fn normalize(
+        &self,
+        encoding: Encoding,
+        body: &Bytes,
+        received: Received,
+        of: Normalize,
+    ) -> (Result<Vec<Observation>, String>, Tally) {
+        let (body, ex, now_ns) = (body.clone(), self.ctx.extractor.clone(), received.wall_ns);
+        off_worker(body.len(), move || {
+            let mut tally = Tally::default();
+            let obs = of(encoding, &body, &ex, now_ns, &mut tally);
+            (obs, tally)
+        })
+        .await
+    }
+
     fn offer(&self, export: impl FnOnce() -> Export) {
         if let Some(tap) = &self.ctx.discovery {
             tap.offer(export);
@@ -162,10 +166,12 @@ impl OtlpHttp {
     }
 
     /// Decoded (a malformed body is still a 400), counted, dropped: nothing to make durable.
-    fn metrics(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
-        match decode::<ExportMetricsServiceRequest>(encoding, &body) {
-            Ok(request) => {
-                let points = otlp::metric_points(&request);
+    async fn metrics(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
+        let points = off_worker(body.len(), move || {
+            decode::<ExportMetricsServiceRequest>(encoding, &body).map(|r| otlp::metric_points(&r))
+        });
+        match points.await {
+            Ok(points) => {
                 Discarded {
                     signal: "metrics",
                     n: points,
@@ -254,6 +260,38 @@ fn status_body(encoding: Encoding, status: StatusCode, message: &str) -> HttpRes
             json!({"code": code, "message": message}).to_string(),
         ),
     }
+}
+
+/// A body's observations (Err: undecodable), its unusable items counted in the tally.
+type Normalize =
+    fn(Encoding, &[u8], &Extractor, u64, &mut Tally) -> Result<Vec<Observation>, String>;
+
+fn traces_of(
+    encoding: Encoding,
+    body: &[u8],
+    ex: &Extractor,
+    now_ns: u64,
+    tally: &mut Tally,
+) -> Result<Vec<Observation>, String> {
+    // Protobuf goes through the zero-copy reader, which accepts exactly what prost accepts
+    // (see `normalize::otlp_fast`) without building the message.
+    match encoding {
+        Encoding::Protobuf => otlp_fast::observe_traces_protobuf(body, ex, now_ns, tally)
+            .map_err(|e| format!("invalid protobuf: {e}")),
+        Encoding::Json => decode::<ExportTraceServiceRequest>(encoding, body)
+            .map(|request| otlp::observe_traces(&request, ex, now_ns, tally)),
+    }
+}
+
+fn logs_of(
+    encoding: Encoding,
+    body: &[u8],
+    ex: &Extractor,
+    now_ns: u64,
+    tally: &mut Tally,
+) -> Result<Vec<Observation>, String> {
+    decode::<ExportLogsServiceRequest>(encoding, body)
+        .map(|request| otlp::observe_logs(&request, ex, now_ns, tally))
 }
 
 fn decode<T>(encoding: Encoding, body: &[u8]) -> Result<T, String>
