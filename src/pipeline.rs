@@ -307,6 +307,7 @@ impl EngineWorker {
             .map_err(|e| {
                 StoreCommitFailed {
                     error: &e,
+                    os_error: e.os_error(),
                     dir: self.store.dir(),
                 }
                 .emit(&self.metrics);

@@ -88,7 +88,7 @@ pub struct Config {
     /// `[evidence] window`: the span verdicts and window counts are judged over.
     pub evidence_window: Duration,
     /// `[discovery]`: statistics over unwatched attributes.
-    pub discovery: crate::correlate::discovery::Settings,
+    pub discovery: Discovery,
     pub watches: Vec<Watch>,
     /// The file listed no `[[watch]]` (nor `watch = []`), so `watches` are the default ones.
     pub default_watches: bool,
@@ -223,4 +223,28 @@ pub struct Events {
     pub max_line_bytes: usize,
     pub poll_interval: Duration,
     pub fields: EventFields,
+}
+
+/// The resolved `[discovery]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    pub enabled: bool,
+    pub max_keys: usize,
+    pub min_users: u64,
+    /// Share of batches inspected (0..=1).
+    pub sample: f64,
+    /// Keys skipped: exact names, or prefixes when they end in `.` or `*`.
+    pub exclude: Vec<String>,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            enabled: true,
+            max_keys: 1000,
+            min_users: 5,
+            sample: 1.0,
+            exclude: Vec::new(),
+        }
+    }
 }

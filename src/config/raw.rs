@@ -373,7 +373,7 @@ pub(super) struct RawDiscovery {
 
 impl Default for RawDiscovery {
     fn default() -> Self {
-        let d = crate::correlate::discovery::Settings::default();
+        let d = super::Discovery::default();
         Self {
             enabled: d.enabled,
             max_keys: d.max_keys,

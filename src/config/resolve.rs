@@ -13,7 +13,6 @@ use super::{
     Alertmanager, Attribution, Auth, Cluster, Config, ConfigError, Events, Identity, Limits,
     Listen, Privacy, StartAt, TlsFiles, UserIds, invalid,
 };
-use crate::correlate::discovery::Settings as DiscoverySettings;
 
 /// A config enum spelled by name in TOML. Its one table serves both directions: parsing the
 /// TOML string and printing the value back (in findings, alerts, `config` output).
@@ -313,7 +312,7 @@ fn attribution(raw: &RawAttribution) -> Result<Attribution, ConfigError> {
     })
 }
 
-fn discovery(raw: RawDiscovery) -> Result<DiscoverySettings, ConfigError> {
+fn discovery(raw: RawDiscovery) -> Result<super::Discovery, ConfigError> {
     if !(raw.sample > 0.0 && raw.sample <= 1.0) {
         return Err(invalid("discovery.sample", "must be in (0, 1]"));
     }
@@ -323,7 +322,7 @@ fn discovery(raw: RawDiscovery) -> Result<DiscoverySettings, ConfigError> {
     if raw.min_users < 2 {
         return Err(invalid("discovery.min_users", "must be at least 2"));
     }
-    Ok(DiscoverySettings {
+    Ok(super::Discovery {
         enabled: raw.enabled,
         max_keys: positive("discovery.max_keys", raw.max_keys)?,
         min_users: raw.min_users,

@@ -149,14 +149,17 @@ impl ItemsReceived<'_> {
 /// A commit to the embedded store failed; producers are told to retry.
 /// `crosstalk_store_errors_total`.
 /// The log line names the storage directory and the OS error, so "disk full" is read at once.
+/// (The error is taken as a trait object: telemetry does not depend on the store.)
 pub struct StoreCommitFailed<'a> {
-    pub error: &'a crate::store::StoreError,
+    pub error: &'a dyn std::error::Error,
+    /// The OS error under it, when there is one (`No space left on device`).
+    pub os_error: Option<std::io::Error>,
     pub dir: &'a std::path::Path,
 }
 
 impl StoreCommitFailed<'_> {
     pub fn emit(self, metrics: &Metrics) {
-        let os_error = self.error.os_error().map(|e| e.to_string());
+        let os_error = self.os_error.map(|e| e.to_string());
         tracing::error!(
             path = %self.dir.display(), error = %self.error, os_error = os_error.as_deref(),
             "store commit failed; the batches are undone and producers told to retry"

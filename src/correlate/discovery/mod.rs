@@ -39,29 +39,7 @@ pub const USER_NAMES: usize = 4096;
 /// Longest value counted; longer values are free text, not identities.
 pub const MAX_VALUE_BYTES: usize = 256;
 
-/// The resolved `[discovery]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub enabled: bool,
-    pub max_keys: usize,
-    pub min_users: u64,
-    /// Share of batches inspected (0..=1).
-    pub sample: f64,
-    /// Keys skipped: exact names, or prefixes when they end in `.` or `*`.
-    pub exclude: Vec<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            enabled: true,
-            max_keys: 1000,
-            min_users: 5,
-            sample: 1.0,
-            exclude: Vec::new(),
-        }
-    }
-}
+pub use crate::config::Discovery as Settings;
 
 /// One record's attributes, as the feed hands them over.
 pub struct Record<'a> {
