@@ -299,7 +299,7 @@ fn worth_keeping(obs: &Observation) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -318,7 +318,8 @@ mod tests {
         Extractor::new(&Config::default_config())
     }
 
-    fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    /// One resource with its spans (the zero-copy reader's tests build theirs here too).
+    pub(crate) fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(ProtoResource {

@@ -68,19 +68,7 @@ fn s(v: &str) -> Value {
 }
 
 fn one_span(resource: Vec<KeyValue>, span: Span) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(ProtoResource {
-                attributes: resource,
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![span],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    crate::normalize::otlp::tests::request(resource, vec![span])
 }
 
 fn user_span() -> Span {

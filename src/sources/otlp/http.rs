@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use serde_json::json;
 
-use super::{admit, answer};
+use super::{Answer, admit, answer};
 use crate::correlate::Received;
 use crate::http::{Handler, HttpResponse, media_type, respond};
 use crate::normalize::{Extractor, Observation, Tally, otlp, otlp_fast};
@@ -61,14 +61,10 @@ impl Handler for OtlpHttp {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
         if let Some(token) = &self.ctx.token {
             if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
-                let mut r = self.plain_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
+                let status = StatusCode::UNAUTHORIZED;
+                let message = "missing or wrong bearer token";
+                let r = self.plain_error(status, "unauthorized", message);
+                return with_header(r, header::WWW_AUTHENTICATE, "Bearer");
             }
         }
         let path = request.uri().path().to_owned();
@@ -80,14 +76,9 @@ impl Handler for OtlpHttp {
             return self.plain_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
         }
         if request.method() != Method::POST {
-            let mut r = self.plain_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return r;
+            let status = StatusCode::METHOD_NOT_ALLOWED;
+            let r = self.plain_error(status, "method_not_allowed", "use POST");
+            return with_header(r, header::ALLOW, "POST");
         }
         if path == "/v1/events" {
             return events::http::handle(&self.ctx, request).await;
@@ -108,38 +99,35 @@ impl Handler for OtlpHttp {
             Err(e) => return self.status_error(encoding, e.status(), e.reason(), &e.to_string()),
         };
         match path.as_str() {
-            "/v1/traces" => self.traces(encoding, body).await,
+            "/v1/traces" => {
+                self.export::<ExportTraceServiceResponse>(encoding, body, TRACES)
+                    .await
+            }
             "/v1/metrics" => self.metrics(encoding, body).await,
-            _ => self.logs(encoding, body).await,
+            _ => {
+                self.export::<ExportLogsServiceResponse>(encoding, body, LOGS)
+                    .await
+            }
         }
     }
 }
 
 impl OtlpHttp {
-    async fn traces(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
+    /// Normalize, admit, offer to discovery and answer: the same for traces and logs.
+    async fn export<A>(&self, encoding: Encoding, body: Bytes, signal: Signal) -> HttpResponse
+    where
+        A: Answer + Message + serde::Serialize,
+    {
         let received = Received::now();
-        let (obs, tally) = self.normalize(encoding, &body, received, traces_of).await;
-        if let Err(refused) = self.admit(encoding, obs, received, &tally, "traces").await {
+        let (obs, tally) = self.normalize(encoding, &body, received, signal.of).await;
+        if let Err(refused) = self
+            .admit(encoding, obs, received, &tally, signal.name)
+            .await
+        {
             return refused;
         }
-        self.offer(|| match encoding {
-            Encoding::Protobuf => Export::TracesProtobuf(body),
-            Encoding::Json => Export::TracesJson(body),
-        });
-        encode(encoding, &answer::<ExportTraceServiceResponse>(&tally))
-    }
-
-    async fn logs(&self, encoding: Encoding, body: Bytes) -> HttpResponse {
-        let received = Received::now();
-        let (obs, tally) = self.normalize(encoding, &body, received, logs_of).await;
-        if let Err(refused) = self.admit(encoding, obs, received, &tally, "logs").await {
-            return refused;
-        }
-        self.offer(|| match encoding {
-            Encoding::Protobuf => Export::LogsProtobuf(body),
-            Encoding::Json => Export::LogsJson(body),
-        });
-        encode(encoding, &answer::<ExportLogsServiceResponse>(&tally))
+        self.offer(|| signal.tap(encoding, body));
+        encode(encoding, &answer::<A>(&tally))
     }
 
     /// Decode and normalize, off the async worker when the body is big (see `off_worker`).
@@ -235,6 +223,13 @@ impl OtlpHttp {
     }
 }
 
+/// A refusal that tells the client what to do (`WWW-Authenticate`, `Allow`, `Retry-After`).
+fn with_header(mut r: HttpResponse, name: header::HeaderName, value: &'static str) -> HttpResponse {
+    r.headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    r
+}
+
 /// A `google.rpc.Status` body in the request's encoding.
 fn status_body(encoding: Encoding, status: StatusCode, message: &str) -> HttpResponse {
     let code = match status {
@@ -262,37 +257,51 @@ fn status_body(encoding: Encoding, status: StatusCode, message: &str) -> HttpRes
     }
 }
 
-/// A body's observations (Err: undecodable), its unusable items counted in the tally.
-type Normalize =
-    fn(Encoding, &[u8], &Extractor, u64, &mut Tally) -> Result<Vec<Observation>, String>;
+/// Discovery's copy of an accepted body.
+type Tap = fn(Bytes) -> Export;
 
-fn traces_of(
-    encoding: Encoding,
-    body: &[u8],
-    ex: &Extractor,
-    now_ns: u64,
-    tally: &mut Tally,
-) -> Result<Vec<Observation>, String> {
+/// What differs between the signals: how a body is read, how discovery is handed it.
+struct Signal {
+    name: &'static str,
+    of: Normalize,
+    /// Discovery's copy of a protobuf body, and of a JSON one.
+    taps: (Tap, Tap),
+}
+
+impl Signal {
+    fn tap(&self, encoding: Encoding, body: Bytes) -> Export {
+        match encoding {
+            Encoding::Protobuf => (self.taps.0)(body),
+            Encoding::Json => (self.taps.1)(body),
+        }
+    }
+}
+
+const TRACES: Signal = Signal {
+    name: "traces",
     // Protobuf goes through the zero-copy reader, which accepts exactly what prost accepts
     // (see `normalize::otlp_fast`) without building the message.
-    match encoding {
+    of: |encoding, body, ex, now_ns, tally| match encoding {
         Encoding::Protobuf => otlp_fast::observe_traces_protobuf(body, ex, now_ns, tally)
             .map_err(|e| format!("invalid protobuf: {e}")),
         Encoding::Json => decode::<ExportTraceServiceRequest>(encoding, body)
             .map(|request| otlp::observe_traces(&request, ex, now_ns, tally)),
-    }
-}
+    },
+    taps: (Export::TracesProtobuf, Export::TracesJson),
+};
 
-fn logs_of(
-    encoding: Encoding,
-    body: &[u8],
-    ex: &Extractor,
-    now_ns: u64,
-    tally: &mut Tally,
-) -> Result<Vec<Observation>, String> {
-    decode::<ExportLogsServiceRequest>(encoding, body)
-        .map(|request| otlp::observe_logs(&request, ex, now_ns, tally))
-}
+const LOGS: Signal = Signal {
+    name: "logs",
+    of: |encoding, body, ex, now_ns, tally| {
+        decode::<ExportLogsServiceRequest>(encoding, body)
+            .map(|request| otlp::observe_logs(&request, ex, now_ns, tally))
+    },
+    taps: (Export::LogsProtobuf, Export::LogsJson),
+};
+
+/// A body's observations (Err: undecodable), its unusable items counted in the tally.
+type Normalize =
+    fn(Encoding, &[u8], &Extractor, u64, &mut Tally) -> Result<Vec<Observation>, String>;
 
 fn decode<T>(encoding: Encoding, body: &[u8]) -> Result<T, String>
 where
