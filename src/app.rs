@@ -23,6 +23,7 @@ use crate::normalize::Extractor;
 use crate::pipeline::{self, EngineControl, EnginePanicked, IngestHandle};
 use crate::privacy::Pseudonymizer;
 use crate::ready::{Latch, Readiness};
+use crate::reload::{ConfigSource, Reloader, SharedExtractor};
 use crate::sinks::alertmanager::AlertSender;
 use crate::sources::IngestContext;
 use crate::sources::discovery_tap::DiscoveryTap;
@@ -79,6 +80,8 @@ pub struct App {
     grace: Duration,
     /// A listener that failed after start: `stop` reports it.
     failed: mpsc::Receiver<ListenerFailed>,
+    /// Re-reads the config on SIGHUP (and `POST /api/v1/reload`); none without a source.
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -320,15 +323,28 @@ fn spawn_tailer(tailer: Tailer) -> std::thread::JoinHandle<()> {
 impl App {
     /// Open the store, restore state, start the engine, bind and serve every listener.
     /// Returns once `/ready` answers 200, or with the first listener that could not serve.
+    /// No reload: see [`App::start_from`].
     pub async fn start(config: Config) -> Result<App, StartError> {
+        Self::start_from(config, None).await
+    }
+
+    /// [`App::start`], reloadable (SIGHUP, `POST /api/v1/reload`) from `source` when given.
+    pub async fn start_from(
+        config: Config,
+        source: Option<ConfigSource>,
+    ) -> Result<App, StartError> {
         let tls = match &config.tls {
             Some(t) => Some(Tls::load(&t.cert_file, &t.key_file)?),
             None => None,
         };
-        Self::launch(config, tls).await
+        Self::launch(config, tls, source).await
     }
 
-    async fn launch(config: Config, tls: Option<Tls>) -> Result<App, StartError> {
+    async fn launch(
+        config: Config,
+        tls: Option<Tls>,
+        source: Option<ConfigSource>,
+    ) -> Result<App, StartError> {
         // Every latch is taken before any is released, so /ready never reads a gap as ready.
         let readiness = Readiness::default();
         let restoring = readiness.latch("state");
@@ -363,7 +379,18 @@ impl App {
             grace,
             failed: failed_tx,
         };
-        let extractor = Arc::new(Extractor::new(&config));
+        let extractor = SharedExtractor::new(Extractor::new(&config));
+        let reloader = source.map(|source| {
+            let (to_engine, extractor) = (started.control.reloads(), extractor.clone());
+            let running = config.clone();
+            Arc::new(Reloader::new(
+                source,
+                running,
+                to_engine,
+                extractor,
+                metrics.clone(),
+            ))
+        });
         let discovery = DiscoveryTap::start(&config, metrics.clone());
         let ctx = Arc::new(IngestContext {
             ingest: started.ingest.clone(),
@@ -383,6 +410,7 @@ impl App {
             discovery,
             pseudonyms: ids,
             triage,
+            reloader: reloader.clone(),
         };
         let mut servers = JoinSet::new();
         serve_listeners(&mut servers, (listeners, up), (ctx, admin), tls, &serving);
@@ -434,6 +462,7 @@ impl App {
             engine: started.control,
             grace,
             failed,
+            reloader,
         })
     }
 
@@ -524,9 +553,12 @@ mod tests {
         (config.listen.otlp_grpc, config.listen.otlp_http) = (loopback, loopback);
         config.listen.admin = loopback;
         config.storage_dir = dir.path().join("data");
-        let started = tokio::time::timeout(Duration::from_secs(20), App::launch(config, Some(tls)))
-            .await
-            .expect("start neither hangs nor waits for a listener that failed");
+        let started = tokio::time::timeout(
+            Duration::from_secs(20),
+            App::launch(config, Some(tls), None),
+        )
+        .await
+        .expect("start neither hangs nor waits for a listener that failed");
         match started {
             Err(StartError::Serve(ListenerFailed { name, reason })) => {
                 assert_eq!(name, "otlp_grpc");

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG, Overrides};
 use crate::gate::{self, DiscoverFormat, Format};
 use crate::privacy::Pseudonymizer;
+use crate::reload::ConfigSource;
 use crate::serve;
 
 /// Exit codes.
@@ -152,7 +153,24 @@ fn load(config: &Option<PathBuf>, flags: &Flags) -> Result<Config, ExitCode> {
     })
 }
 
+/// [`load`], and where the config came from, kept for `serve` to reload it the same way.
+fn load_source(
+    config: &Option<PathBuf>,
+    flags: &Flags,
+) -> Result<(Config, ConfigSource), ExitCode> {
+    let loaded = config_source(config, flags).and_then(|s| Ok((s.load()?, s)));
+    loaded.map_err(|e| {
+        eprintln!("crosstalk: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
 fn load_config(config: &Option<PathBuf>, flags: &Flags) -> Result<Config, ConfigError> {
+    config_source(config, flags)?.load()
+}
+
+/// The file and the overrides (environment, then flags) as resolved now.
+fn config_source(config: &Option<PathBuf>, flags: &Flags) -> Result<ConfigSource, ConfigError> {
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     let mut overrides = Overrides::from_env(env)?;
@@ -167,7 +185,7 @@ fn load_config(config: &Option<PathBuf>, flags: &Flags) -> Result<Config, Config
     let path = config
         .clone()
         .or_else(|| std::env::var_os("CROSSTALK_CONFIG").map(PathBuf::from));
-    Config::load_with(path.as_deref(), &overrides)
+    Ok(ConfigSource { path, overrides })
 }
 
 /// `config check`: the resolved watch list, so a file that drops them is seen at once.
@@ -206,7 +224,7 @@ pub fn run(cli: Cli) -> ExitCode {
             otlp_http,
             admin,
             storage_dir,
-        } => match load(
+        } => match load_source(
             &config,
             &[
                 ("listen", "otlp_grpc", otlp_grpc),
@@ -219,10 +237,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 ),
             ],
         ) {
-            Ok(config) if repair && !serve::repair_store(&config.storage_dir) => {
+            Ok((config, _)) if repair && !serve::repair_store(&config.storage_dir) => {
                 ExitCode::from(EXIT_USAGE)
             }
-            Ok(config) => runtime().block_on(serve::serve(config)),
+            Ok((config, source)) => runtime().block_on(serve::serve(config, source)),
             Err(code) => code,
         },
         Command::UserHash { config, id } => {

@@ -32,6 +32,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod privacy;
 pub mod ready;
+pub mod reload;
 pub mod serve;
 pub mod sinks;
 pub mod sources;

@@ -21,7 +21,8 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-use crate::correlate::engine::{ClusterCheck, RemoteConflict};
+use crate::config::Watch;
+use crate::correlate::engine::{ClusterCheck, RemoteConflict, WatchChanges};
 use crate::correlate::{Effects, Engine, Received};
 use crate::normalize::Observation;
 use crate::store::{FileCheckpoint, Store};
@@ -115,6 +116,43 @@ impl IngestHandle {
     }
 }
 
+/// Room for reloads on their way to the engine thread. Full-policy: the reload waits for room
+/// (reloads are rare and serialized by the reloader; the engine looks every [`TICK`]).
+const RELOAD_CAPACITY: usize = 1;
+
+/// A reload's watch table by slot, and where the engine says what it did (once committed).
+struct Reconfigure {
+    slots: Vec<Option<Watch>>,
+    reply: oneshot::Sender<Result<WatchChanges, String>>,
+}
+
+/// Delivers reloaded watch tables to the engine thread.
+#[derive(Clone)]
+pub struct WatchSender(tokio::sync::mpsc::Sender<Reconfigure>);
+
+impl WatchSender {
+    /// Hand `slots` to the engine and wait (at most `wait`) until it has applied and committed
+    /// them; what changed, or why not.
+    pub async fn send(
+        &self,
+        slots: Vec<Option<Watch>>,
+        wait: Duration,
+    ) -> Result<WatchChanges, String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "crosstalk is shutting down".to_owned();
+        let asked = async {
+            self.0
+                .send(Reconfigure { slots, reply })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        };
+        tokio::time::timeout(wait, asked)
+            .await
+            .map_err(|_| format!("no answer within {wait:?}"))?
+    }
+}
+
 /// Receives the new global bindings each commit made, for Redis to judge.
 pub type ClusterSink = Box<dyn FnMut(Vec<ClusterCheck>) + Send>;
 
@@ -142,12 +180,18 @@ pub struct ClusterLink {
 /// Stops the engine thread: it takes what is queued, settles what is pending, commits, and
 /// hands the engine back (for `crosstalk check`/`run` to read).
 pub struct EngineControl {
+    reloads: WatchSender,
     stop: Arc<AtomicBool>,
     settle_on_stop: Arc<AtomicBool>,
     join: JoinHandle<Engine>,
 }
 
 impl EngineControl {
+    /// Where reloaded watch tables go.
+    pub fn reloads(&self) -> WatchSender {
+        self.reloads.clone()
+    }
+
     /// Ask the engine to finish; producers still holding handles are refused from then on.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -204,7 +248,9 @@ pub fn spawn(
     let stop = Arc::new(AtomicBool::new(false));
     let settle_on_stop = Arc::new(AtomicBool::new(false));
     metrics.store_healthy.set(1);
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(RELOAD_CAPACITY);
     let worker = EngineWorker {
+        reloads,
         engine,
         store,
         metrics,
@@ -220,6 +266,7 @@ pub fn spawn(
     (
         handle,
         EngineControl {
+            reloads: WatchSender(reload_tx),
             stop,
             settle_on_stop,
             join,
@@ -228,6 +275,7 @@ pub fn spawn(
 }
 
 struct EngineWorker {
+    reloads: tokio::sync::mpsc::Receiver<Reconfigure>,
     engine: Engine,
     store: Store,
     metrics: Arc<Metrics>,
@@ -271,7 +319,36 @@ impl EngineWorker {
         }
     }
 
+    /// Apply a reloaded watch table, in two steps so that a refused commit changes nothing:
+    /// first the bindings it forgets are deleted from the store, then (only if that committed)
+    /// the engine takes the table. Nothing else runs on this thread in between.
+    fn reload(&mut self, r: Reconfigure) {
+        let forgets = Effects {
+            evicted: self.engine.forgotten_by(&r.slots),
+            ..Effects::default()
+        };
+        let answer = match self.store.commit(&forgets, &[], Received::now().wall_ns) {
+            Ok(()) => {
+                let changes = self.engine.reconfigure(&r.slots, &mut Effects::default());
+                // Its forgetting is already durable: nothing of it is to be undone.
+                self.engine.committed(self.engine.undo_mark());
+                Ok(changes)
+            }
+            Err(e) => Err(format!(
+                "the store refused to forget the changed watches' bindings ({e}); the running \
+                 watches are unchanged"
+            )),
+        };
+        // A reloader that gave up waiting is no error of ours.
+        let _ = r.reply.send(answer);
+    }
+
     fn process(&mut self, group: &mut Vec<Batch>, stopping: bool) {
+        // Before the group: with watches keeping their index, its observations read the same
+        // under either table.
+        if let Ok(r) = self.reloads.try_recv() {
+            self.reload(r);
+        }
         // Everything after this mark is the group's (and this tick's): undone together if the
         // commit fails, newest first, so each retry is judged again.
         let mark = self.engine.undo_mark();

@@ -1,9 +1,11 @@
 //! `crosstalk serve`: start the [`App`], print the one machine-readable ready line, run until a
-//! signal asks for shutdown, and map how it ended to the exit code (0 stopped cleanly; 1 state
-//! not committed; 2 could not start). Signal handling lives in [`Signals`] alone.
+//! signal asks for shutdown (SIGHUP reloads the config), and map how it ended to the exit code
+//! (0 stopped cleanly; 1 state not committed; 2 could not start). Signal handling lives in
+//! [`Signals`] alone.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -11,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::App;
 use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
+use crate::reload::{ConfigSource, Reloader};
 
-/// Run the sidecar until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config) -> ExitCode {
+/// Run the sidecar until SIGTERM or Ctrl-C; `source` is read again on SIGHUP.
+pub async fn serve(config: Config, source: ConfigSource) -> ExitCode {
     let started = std::time::Instant::now();
     if config.watches.is_empty() {
         tracing::warn!(
@@ -21,7 +24,7 @@ pub async fn serve(config: Config) -> ExitCode {
              found (only misdelivered events); remove it to keep the default watches"
         );
     }
-    let app = match App::start(config).await {
+    let app = match App::start_from(config, Some(source)).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("crosstalk: {e}");
@@ -29,7 +32,7 @@ pub async fn serve(config: Config) -> ExitCode {
         }
     };
     // Before the ready line: a supervisor may send SIGTERM as soon as it reads it, and the
-    // default action would kill the process without draining.
+    // default action would kill the process without draining (SIGHUP's too).
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -48,7 +51,7 @@ pub async fn serve(config: Config) -> ExitCode {
             "otlp_http": a.otlp_http.to_string(), "admin": a.admin.to_string()})
     );
     let _ = std::io::stdout().flush();
-    tokio::spawn(obey(signals, app.shutdown_token()));
+    tokio::spawn(obey(signals, app.shutdown_token(), app.reloader.clone()));
     match app.run_until_shutdown().await {
         Ok(_) => {
             tracing::info!("stopped");
@@ -63,13 +66,20 @@ pub async fn serve(config: Config) -> ExitCode {
 }
 
 /// Act on each signal as it comes, until one asks for shutdown.
-async fn obey(mut signals: Signals, shutdown: CancellationToken) {
+async fn obey(mut signals: Signals, shutdown: CancellationToken, reloader: Option<Arc<Reloader>>) {
     loop {
-        let asked = signals.next().await;
-        if asked == Asked::Shutdown {
-            tracing::info!("shutting down");
-            shutdown.cancel();
-            return;
+        match signals.next().await {
+            Asked::Shutdown => {
+                tracing::info!("shutting down");
+                shutdown.cancel();
+                return;
+            }
+            // Off this loop: a reload waits for the engine, and SIGTERM must not wait for it.
+            // The outcome is logged and counted by the reload itself.
+            Asked::Reload => match reloader.clone() {
+                Some(r) => drop(tokio::spawn(async move { r.reload("sighup").await })),
+                None => tracing::warn!("SIGHUP ignored: this process cannot reload"),
+            },
         }
     }
 }
@@ -79,6 +89,8 @@ async fn obey(mut signals: Signals, shutdown: CancellationToken) {
 pub enum Asked {
     /// SIGTERM or SIGINT: drain and stop.
     Shutdown,
+    /// SIGHUP: read the config again and apply its watches.
+    Reload,
 }
 
 /// The signals `serve` listens to once started; one more is one field here, one arm in
@@ -86,6 +98,7 @@ pub enum Asked {
 pub struct Signals {
     term: Signal,
     interrupt: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -93,6 +106,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -101,6 +115,7 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => Asked::Shutdown,
             _ = self.interrupt.recv() => Asked::Shutdown,
+            _ = self.hangup.recv() => Asked::Reload,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The admin API's actions (`POST`): acknowledging and resolving findings. Behind the admin
-//! token like everything but the probes; a refused request answers 4xx and is counted in
-//! `crosstalk_admin_bad_requests_total{reason}`.
+//! The admin API's actions (`POST`): acknowledging and resolving findings, reloading the
+//! config. Behind the admin token like everything but the probes; a refused request answers 4xx
+//! and is counted in `crosstalk_admin_bad_requests_total{reason}` (a config file that does not
+//! load is the file's fault, not the request's: 422, counted as a failed reload).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde_json::json;
 use super::Admin;
 use crate::correlate::finding::{FindingState, now_ns};
 use crate::http::{HttpResponse, json as json_response, json_error};
+use crate::reload::ReloadError;
 use crate::store::{StateRequest, Triaged};
 use crate::telemetry::events::AdminBadRequest;
 
@@ -37,6 +39,9 @@ impl Admin {
         request: Request<Incoming>,
         path: &str,
     ) -> HttpResponse {
+        if path == "/api/v1/reload" {
+            return self.reload().await;
+        }
         let finding = path.strip_prefix("/api/v1/findings/");
         let target = finding.and_then(|rest| {
             let (id, to) = rest.rsplit_once('/')?;
@@ -78,6 +83,19 @@ impl Admin {
             Ok(Ok(Triaged::Refused(why))) => self.refuse(StatusCode::CONFLICT, "conflict", why),
             Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+
+    /// Re-read the config file and apply its watches; what changed and what needs a restart.
+    async fn reload(&self) -> HttpResponse {
+        let Some(reloader) = self.reloader.clone() else {
+            let msg = "this crosstalk cannot reload (only `serve` can)";
+            return self.refuse(StatusCode::NOT_FOUND, "not_found", msg);
+        };
+        match reloader.reload("api").await {
+            Ok(report) => json_response(StatusCode::OK, &json!(report)),
+            Err(e @ ReloadError::Engine(_)) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+            Err(e) => json_error(StatusCode::UNPROCESSABLE_ENTITY, e),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Admin {
     pub pseudonyms: Option<Pseudonymizer>,
     /// Acknowledging and resolving findings (`POST /api/v1/findings/{id}/ack|resolve`).
     pub triage: Arc<Triage>,
+    /// `POST /api/v1/reload` (None: this process cannot reload, e.g. `crosstalk run`).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Handler for Admin {

@@ -9,7 +9,7 @@ use super::resolve::{Named, parse_duration, parse_named};
 use super::{ConfigError, invalid};
 
 /// One watched kind of object instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
     pub name: String,
     pub attribute: String,

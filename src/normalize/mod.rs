@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Watch};
 
 pub use tally::{
     ClampReason, MAX_CLOCK_SKEW_NS, RejectReason, Tally, UnusableValue, clamp_span_times,
@@ -260,6 +260,13 @@ pub struct Extractor {
 
 impl Extractor {
     pub fn new(config: &Config) -> Self {
+        let slots: Vec<Option<&Watch>> = config.watches.iter().map(Some).collect();
+        Self::with_watches(config, &slots)
+    }
+
+    /// Identity and limits from `config`, watches by slot: a watch's index is its slot (see
+    /// [`crate::reload`]), `None` a removed watch no observation may name any more.
+    pub fn with_watches(config: &Config, slots: &[Option<&Watch>]) -> Self {
         let rank = |keys: &[String]| {
             keys.iter()
                 .enumerate()
@@ -268,7 +275,11 @@ impl Extractor {
         };
         let mut watch_keys: KeyMap<Vec<u16>> = KeyMap::default();
         let mut origin_keys: KeyMap<Vec<u16>> = KeyMap::default();
-        for (i, w) in config.watches.iter().enumerate() {
+        let live = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| Some((i, (*w)?)));
+        for (i, w) in live {
             watch_keys
                 .entry(w.attribute.clone())
                 .or_default()

@@ -20,15 +20,17 @@ use tokio::sync::oneshot;
 
 use crate::config::Limits;
 use crate::correlate::Received;
-use crate::normalize::{Extractor, Observation, Tally};
+use crate::normalize::{Observation, Tally};
 use crate::pipeline::{Batch, IngestHandle, Refused};
+use crate::reload::SharedExtractor;
 use crate::telemetry::events::{Rejected, SpanTimesClamped, ValuesUnusable};
 use crate::telemetry::metrics::Metrics;
 
 /// What every network source shares.
 pub struct IngestContext {
     pub ingest: IngestHandle,
-    pub extractor: Arc<Extractor>,
+    /// Swapped whole when a reload changes the watches.
+    pub extractor: SharedExtractor,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Required of every OTLP and events request when set.

@@ -5,7 +5,10 @@
 //! millions, and the counter is what an operator alerts on. Labels stay low-cardinality: sources,
 //! reasons and signals are fixed names, never ids.
 
-use super::metrics::{DiscardLabels, Metrics, ReasonLabels, RejectLabels, SignalLabels};
+use super::metrics::{
+    DiscardLabels, Metrics, ReasonLabels, RejectLabels, ResultLabels, SignalLabels,
+};
+use crate::reload::{ReloadError, ReloadReport};
 
 /// Requests or items refused at an edge; `crosstalk_rejected_total{source, reason}`.
 pub struct Rejected<'a> {
@@ -165,6 +168,45 @@ impl StoreCommitFailed<'_> {
             "store commit failed; the batches are undone and producers told to retry"
         );
         metrics.store_errors.inc();
+    }
+}
+
+/// A config reload was applied or refused; `crosstalk_config_reloads_total{result}`. A refused
+/// one logs at error with the reason: the old config keeps running.
+pub struct ConfigReloaded<'a> {
+    /// What asked: `sighup` or `api`.
+    pub reason: &'static str,
+    pub outcome: &'a Result<ReloadReport, ReloadError>,
+}
+
+impl ConfigReloaded<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let result = match self.outcome {
+            Ok(r) => {
+                let w = &r.watches;
+                tracing::info!(
+                    by = self.reason, added = ?w.added, removed = ?w.removed,
+                    changed = ?w.changed, reset = ?w.reset, needs_restart = ?r.needs_restart,
+                    "config reloaded"
+                );
+                if !r.needs_restart.is_empty() {
+                    tracing::warn!(sections = ?r.needs_restart,
+                        "config reloaded, but these settings changed and need a restart; not applied");
+                }
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(by = self.reason, error = %e,
+                    "config reload refused; the running config is unchanged");
+                "error"
+            }
+        };
+        metrics
+            .config_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 }
 

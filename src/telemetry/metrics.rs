@@ -71,6 +71,11 @@ pub struct EvictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: String,
 }
@@ -94,6 +99,8 @@ pub struct Metrics {
     pub received: Family<SignalLabels, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
     pub admin_bad_requests: Family<ReasonLabels, Counter>,
+    /// Config reloads (SIGHUP, `POST /api/v1/reload`) by `result`: `ok` or `error`.
+    pub config_reloads: Family<ResultLabels, Counter>,
     pub discarded: Family<DiscardLabels, Counter>,
     pub clamped: Family<ReasonLabels, Counter>,
     pub unattributed: Family<WatchLabels, Counter>,
@@ -185,6 +192,17 @@ impl Metrics {
             "Admin API requests refused (bad query, wrong method, missing token, unknown path)",
             admin_bad_requests.clone(),
         );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "crosstalk_config_reloads",
+            "Config reloads (SIGHUP or POST /api/v1/reload), ok or refused with an error",
+            config_reloads.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = config_reloads.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
         let discarded = Family::<DiscardLabels, Counter>::default();
         registry.register(
             "crosstalk_discarded",
@@ -381,6 +399,7 @@ impl Metrics {
             received,
             rejected,
             admin_bad_requests,
+            config_reloads,
             discarded,
             clamped,
             unattributed,

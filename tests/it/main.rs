@@ -18,6 +18,7 @@ mod hostile;
 mod kit;
 mod operator;
 mod otlp;
+mod reload;
 mod span_times;
 mod store_faults;
 mod triage;

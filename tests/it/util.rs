@@ -376,13 +376,23 @@ pub fn traces(service: &str, instance: &str, spans: Vec<Span>) -> ExportTraceSer
 
 /// One span of `user` using factory `factory`, in its own trace.
 pub fn factory_use(user: &str, factory: &str, trace: u128) -> ExportTraceServiceRequest {
+    instance_use("agent_factory.instance_id", user, factory, trace)
+}
+
+/// One span of `user` using the instance `id` named by `attribute`, in its own trace.
+pub fn instance_use(
+    attribute: &str,
+    user: &str,
+    id: &str,
+    trace: u128,
+) -> ExportTraceServiceRequest {
     traces(
         "agent-backend",
         "pod-1",
         vec![span(
             trace,
             trace as u64 | 1,
-            &[("user.id", user), ("agent_factory.instance_id", factory)],
+            &[("user.id", user), (attribute, id)],
         )],
     )
 }

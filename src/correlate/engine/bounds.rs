@@ -21,10 +21,9 @@ impl Engine {
     /// increase Prometheus can see rather than a series born at 1.
     pub(super) fn zero_series(&self, service: &str) {
         let service = self.metrics.service_label(service);
-        let kinds = self
-            .watches
-            .iter()
-            .map(|w| (FindingKind::SharedInstance, w.name.as_str()))
+        let kinds = (self.watches.iter().zip(&self.live))
+            .filter(|(_, live)| **live)
+            .map(|(w, _)| (FindingKind::SharedInstance, w.name.as_str()))
             .chain([(FindingKind::MisdeliveredEvent, DELIVERY_WATCH)]);
         for (kind, watch) in kinds {
             let _ = self.metrics.findings.get_or_create(&FindingLabels {

@@ -70,7 +70,7 @@ impl Engine {
     pub(super) fn publish_evidence(&self, now_s: u64, fx: &mut Effects) {
         let mut e = self.evidence.lock();
         fx.evidence.extend(e.take_unpersisted(false));
-        for w in &self.watches {
+        for (w, _) in (self.watches.iter().zip(&self.live)).filter(|(_, live)| **live) {
             self.metrics
                 .watch_expected
                 .get_or_create(&WatchLabels {

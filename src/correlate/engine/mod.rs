@@ -87,9 +87,35 @@ struct WatchCounters {
     tracked: Gauge,
 }
 
+impl WatchCounters {
+    fn of(metrics: &Metrics, w: &Watch) -> Self {
+        let label = WatchLabels {
+            watch: w.name.clone(),
+        };
+        WatchCounters {
+            observed: metrics.watched_observations.get_or_create(&label).clone(),
+            unattributed: metrics.unattributed.get_or_create(&label).clone(),
+            tracked: metrics.tracked_instances.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// What evidence needs of a watch.
+fn watch_info(w: &Watch) -> WatchInfo {
+    WatchInfo {
+        name: w.name.clone(),
+        allow: w.policy == Policy::Allow,
+        expected: w.expected,
+    }
+}
+
 /// The correlation engine. See the module doc.
 pub struct Engine {
+    /// By slot: a watch keeps its index across reloads (see [`Engine::reconfigure`]).
     watches: Vec<Watch>,
+    /// By slot: still configured. A removed watch's slot stays taken, so an observation
+    /// normalized before the reload can never be judged under another watch.
+    live: Vec<bool>,
     wait_ns: u64,
     max_instances: usize,
     scopes: Vec<Arc<Resource>>,
@@ -128,33 +154,15 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
-        let counters = config
-            .watches
-            .iter()
-            .map(|w| {
-                let label = WatchLabels {
-                    watch: w.name.clone(),
-                };
-                WatchCounters {
-                    observed: metrics.watched_observations.get_or_create(&label).clone(),
-                    unattributed: metrics.unattributed.get_or_create(&label).clone(),
-                    tracked: metrics.tracked_instances.get_or_create(&label).clone(),
-                }
-            })
+        let counters = (config.watches.iter())
+            .map(|w| WatchCounters::of(&metrics, w))
             .collect();
         let global = Arc::new(Resource::from_identity(Default::default(), None, None));
-        let infos = config
-            .watches
-            .iter()
-            .map(|w| WatchInfo {
-                name: w.name.clone(),
-                allow: w.policy == Policy::Allow,
-                expected: w.expected,
-            })
-            .collect();
+        let infos = config.watches.iter().map(watch_info).collect();
         let evidence = Evidence::new(infos, config.evidence_window);
         Engine {
             watches: config.watches.clone(),
+            live: vec![true; config.watches.len()],
             wait_ns: config.attribution.wait.as_nanos() as u64,
             max_instances: config.limits.max_tracked_instances,
             scopes: vec![global],
@@ -225,9 +233,8 @@ impl Engine {
     }
 
     fn watch_index(&self, name: &str) -> Option<u16> {
-        self.watches
-            .iter()
-            .position(|w| w.name == name)
+        (self.watches.iter().zip(&self.live))
+            .position(|(w, &live)| live && w.name == name)
             .map(|i| i as u16)
     }
 
@@ -413,6 +420,9 @@ impl Engine {
         let obs_scope = self.intern_scope(&obs.resource, fx);
         for watched in &obs.watched {
             let w = watched.watch as usize;
+            if !self.live.get(w).copied().unwrap_or(false) {
+                continue; // normalized just before a reload removed its watch
+            }
             self.counters[w].observed.inc();
             let (boundary, scope_kind) = (self.watches[w].boundary, self.watches[w].scope);
             let principal_known = match boundary {
@@ -469,6 +479,7 @@ mod contract;
 mod findings;
 mod isolation;
 mod observe;
+mod reconfigure;
 mod rejudge;
 mod remote;
 mod restore;
@@ -478,6 +489,7 @@ pub use contract::{
     BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, Restored,
     RestoredScope, ScopeRow,
 };
+pub use reconfigure::WatchChanges;
 pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
 pub use undo::UndoMark;
 

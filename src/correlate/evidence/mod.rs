@@ -74,6 +74,8 @@ pub struct Evidence {
     window_s: u64,
     bucket_s: u64,
     watches: Vec<WatchInfo>,
+    /// Per watch index: still configured (a reload may remove a watch; its index stays taken).
+    live: Vec<bool>,
     /// Per watch index: service → pair.
     pairs: Vec<HashMap<Box<str>, Pair, foldhash::fast::RandomState>>,
     pair_count: usize,
@@ -142,6 +144,7 @@ impl Evidence {
             window_s,
             bucket_s: window_s.div_ceil(BUCKETS),
             pairs: watches.iter().map(|_| HashMap::default()).collect(),
+            live: vec![true; watches.len()],
             watches,
             pair_count: 0,
             overflowed: 0,
@@ -174,6 +177,35 @@ impl Evidence {
         map.get_mut(service)
     }
 
+    /// Take a reloaded watch set, by index (`None`: removed, no longer reported). The evidence of
+    /// the watches in `reset` (their instance ids now mean something else) starts afresh; every
+    /// other kept watch keeps its numbers.
+    pub fn reconfigure(&mut self, slots: Vec<Option<WatchInfo>>, reset: &[usize]) {
+        for (i, slot) in slots.into_iter().enumerate() {
+            if i == self.watches.len() {
+                let Some(info) = slot else { continue };
+                self.watches.push(info);
+                self.live.push(true);
+                self.pairs.push(HashMap::default());
+                continue;
+            }
+            let forget = slot.is_none() || reset.contains(&i);
+            self.live[i] = slot.is_some();
+            if let Some(info) = slot {
+                self.watches[i] = info;
+            }
+            if forget {
+                self.pair_count -= self.pairs[i].len();
+                self.pairs[i].clear();
+            }
+        }
+    }
+
+    /// The index of configured watch `name`.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        (self.watches.iter().zip(&self.live)).position(|(w, &live)| live && w.name == name)
+    }
+
     /// Count one observation of watch `watch` (engine index) in `service` at `now_s`.
     pub fn observe(&mut self, watch: u16, service: &str, now_s: u64, seen: &Seen) {
         let epoch = now_s / self.bucket_s;
@@ -198,7 +230,7 @@ impl Evidence {
     /// Take back what the store kept: first/last observation times.
     pub fn restore(&mut self, rows: &[SeenRow]) {
         for r in rows {
-            let Some(w) = self.watches.iter().position(|w| w.name == r.watch) else {
+            let Some(w) = self.index_of(&r.watch) else {
                 continue; // a watch no longer configured
             };
             if let Some(p) = self.pair(w as u16, &r.service) {
@@ -242,6 +274,9 @@ impl Evidence {
         let epoch = now_s / self.bucket_s;
         let mut out = Vec::new();
         for (w, info) in self.watches.iter().enumerate() {
+            if !self.live[w] {
+                continue;
+            }
             let mut services: Vec<(&Box<str>, &Pair)> = self.pairs[w].iter().collect();
             services.sort_by(|a, b| a.0.cmp(b.0));
             if services.is_empty() {
@@ -290,17 +325,15 @@ impl Evidence {
 
     /// Last observation of a (watch, service), wall-clock seconds.
     pub fn last_seen_s(&self, watch: &str, service: &str) -> Option<u64> {
-        let w = self.watches.iter().position(|w| w.name == watch)?;
+        let w = self.index_of(watch)?;
         self.pairs[w].get(service)?.last_s
     }
 
     /// Watches (by name) with no observation at all, in config order.
     pub fn never_observed(&self) -> Vec<&str> {
-        self.watches
-            .iter()
-            .zip(&self.pairs)
-            .filter(|(_, m)| m.values().all(|p| p.last_s.is_none()))
-            .map(|(w, _)| w.name.as_str())
+        (self.watches.iter().zip(&self.pairs).zip(&self.live))
+            .filter(|((_, m), live)| **live && m.values().all(|p| p.last_s.is_none()))
+            .map(|((w, _), _)| w.name.as_str())
             .collect()
     }
 }

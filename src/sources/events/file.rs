@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::lines::{Cut, LineCutter, numbered};
 use crate::config::StartAt;
 use crate::correlate::Received;
-use crate::normalize::Extractor;
 use crate::normalize::events::observe_event_line;
 use crate::pipeline::{Batch, IngestHandle};
+use crate::reload::SharedExtractor;
 use crate::store::FileCheckpoint;
 use crate::telemetry::events::Rejected;
 use crate::telemetry::metrics::Metrics;
@@ -36,7 +36,8 @@ pub struct Tailer {
     pub start_at: StartAt,
     pub poll: Duration,
     pub checkpoint: Option<FileCheckpoint>,
-    pub extractor: Arc<Extractor>,
+    /// Swapped whole when a reload changes the watches.
+    pub extractor: SharedExtractor,
     pub ingest: IngestHandle,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -140,7 +141,8 @@ impl Tailer {
 
     /// Read what is there and submit complete lines. Ok(true) while more may be waiting.
     fn drain(&self, open: &mut OpenFile) -> std::io::Result<bool> {
-        let max_line = self.extractor.max_line_bytes;
+        let extractor = self.extractor.current();
+        let max_line = extractor.max_line_bytes;
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut cut = Cut::default();
         let mut eof = false;
@@ -156,7 +158,7 @@ impl Tailer {
         let mut observations = Vec::with_capacity(cut.lines.len());
         let mut accepted = 0u64;
         for (_, text) in numbered(cut.lines.iter().map(Vec::as_slice)) {
-            match observe_event_line(text, &self.extractor, received.wall_ns) {
+            match observe_event_line(text, &extractor, received.wall_ns) {
                 Ok(obs) => {
                     accepted += 1;
                     observations.push(obs);

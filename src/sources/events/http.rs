@@ -48,7 +48,7 @@ pub async fn handle(ctx: &IngestContext, request: Request<Incoming>) -> HttpResp
         Err(e) => return refuse(ctx, e.status(), e.reason(), &e.to_string()),
     };
     let received = Received::now();
-    let (ex, now_ns) = (ctx.extractor.clone(), received.wall_ns);
+    let (ex, now_ns) = (ctx.extractor.current(), received.wall_ns);
     let parsed = off_worker(body.len(), move || parse(&body, array, &ex, now_ns));
     let parsed = match parsed.await {
         Ok(parsed) => parsed,

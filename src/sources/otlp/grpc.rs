@@ -69,7 +69,7 @@ impl OtlpGrpc {
         let mut tally = Tally::default();
         let obs = observe(
             request.get_ref(),
-            &self.ctx.extractor,
+            &self.ctx.extractor.current(),
             received.wall_ns,
             &mut tally,
         );
@@ -102,7 +102,7 @@ impl OtlpGrpc {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let received = Received::now();
         let body = request.into_inner();
-        let (ex, now_ns, bytes) = (self.ctx.extractor.clone(), received.wall_ns, body.clone());
+        let (ex, now_ns, bytes) = (self.ctx.extractor.current(), received.wall_ns, body.clone());
         let (obs, tally) = off_worker(body.len(), move || {
             let mut tally = Tally::default();
             let obs = otlp_fast::observe_traces_protobuf(&bytes, &ex, now_ns, &mut tally);

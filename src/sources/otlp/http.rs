@@ -138,7 +138,7 @@ impl OtlpHttp {
         received: Received,
         of: Normalize,
     ) -> (Result<Vec<Observation>, String>, Tally) {
-        let (body, ex, now_ns) = (body.clone(), self.ctx.extractor.clone(), received.wall_ns);
+        let (body, ex, now_ns) = (body.clone(), self.ctx.extractor.current(), received.wall_ns);
         off_worker(body.len(), move || {
             let mut tally = Tally::default();
             let obs = of(encoding, &body, &ex, now_ns, &mut tally);

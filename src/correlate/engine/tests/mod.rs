@@ -457,4 +457,5 @@ fn hmac_mode_binds_pseudonyms_only() {
 mod allow;
 pub(crate) mod growth;
 pub(crate) mod rejudge;
+mod reload;
 pub(crate) mod undo;
