@@ -7,12 +7,24 @@
 //!  event files┘    per task)                                       └─> findings API (api/)
 //! ```
 //!
-//! A newcomer follows one span: [`sources::otlp::http`] reads the request,
-//! [`normalize::otlp_fast`] reads each span of a protobuf body straight from its bytes
-//! ([`normalize::otlp`] does the same from a decoded message: JSON, gRPC) into an
-//! [`normalize::Observation`], [`pipeline`] queues the batch to the engine thread,
-//! [`correlate::engine`] decides whether the instance now serves a second user, and [`store`]
-//! makes the result durable before the request is answered.
+//! A newcomer follows one span through five files (socket → normalize → engine → store →
+//! finding/API):
+//!
+//! 1. `sources/otlp/http.rs` (or `sources/otlp/grpc.rs`) reads the request and answers only once
+//!    the batch is durable;
+//! 2. `normalize/otlp_fast.rs` reads each span of a protobuf body straight from its bytes into an
+//!    `Observation` (`normalize/otlp.rs` does the same from a decoded message), and `pipeline.rs`
+//!    queues the batch to the engine thread;
+//! 3. `correlate/engine/observe.rs` decides whether the instance now serves a second user;
+//! 4. `store/writer.rs` commits the effects in one transaction;
+//! 5. `correlate/finding.rs` is the finding's JSON, served by `api/mod.rs`.
+//!
+//! Folders: `config/` (raw → resolved `Config`), `sources/` (`otlp/`, `events/`), `normalize/`,
+//! `correlate/` (`engine/`, `discovery/`, `evidence/`), `store/` (the only owner of SQL),
+//! `sinks/` (Alertmanager), `telemetry/` (self-metrics, named events), `api/` (admin router),
+//! `gate/` (`check`, `discover`, `run`), `cluster/`. Files: `cli.rs` parses and dispatches,
+//! `serve.rs` runs `serve` and its signals, `app.rs` wires everything and owns the one shutdown,
+//! `ready.rs` is the readiness latch. No folder imports a folder that imports it back.
 //!
 //! Performance is measured by `scripts/bench` (criterion benches under `benches/`, the
 //! `crosstalk-loadgen` binary); `fuzz/` holds the cargo-fuzz targets.
