@@ -20,59 +20,22 @@ fn summary(shape: Shape, values: u64, users: u64, requests: u64, shared: u64, ma
 #[test]
 fn table() {
     use Verdict::*;
+    // name, shape, distinct values, users, requests, shared values, most users on one value
+    #[rustfmt::skip]
     let cases = [
-        (
-            "singleton address",
-            summary(Shape::Hex, 1, 200, 5000, 1, 200),
-            LeakSuspect,
-        ),
-        (
-            "pool of handles",
-            summary(Shape::Hex, 4, 200, 5000, 4, 80),
-            LeakSuspect,
-        ),
-        (
-            "one session crossed",
-            summary(Shape::Uuid, 200, 200, 5000, 1, 2),
-            LeakSuspect,
-        ),
-        (
-            "per request ids",
-            summary(Shape::Uuid, 10_000, 200, 10_000, 0, 1),
-            PerRequest,
-        ),
-        (
-            "per user sessions",
-            summary(Shape::Uuid, 200, 200, 5000, 0, 1),
-            PerUser,
-        ),
-        (
-            "team ids",
-            summary(Shape::Uuid, 50, 200, 5000, 50, 4),
-            SharedByDesign,
-        ),
-        (
-            "thread ids",
-            summary(Shape::ShortInt, 8, 200, 5000, 0, 0),
-            SharedByDesign,
-        ),
-        (
-            "model names",
-            summary(Shape::Word, 3, 200, 5000, 0, 0),
-            SharedByDesign,
-        ),
-        (
-            "timestamps",
-            summary(Shape::Timestamp, 9_000, 200, 10_000, 0, 0),
-            PerRequest,
-        ),
-        (
-            "few users",
-            summary(Shape::Hex, 1, 3, 50, 1, 3),
-            InsufficientData,
-        ),
+        ("singleton address", Shape::Hex, 1, 200, 5000, 1, 200, LeakSuspect),
+        ("pool of handles", Shape::Hex, 4, 200, 5000, 4, 80, LeakSuspect),
+        ("one session crossed", Shape::Uuid, 200, 200, 5000, 1, 2, LeakSuspect),
+        ("per request ids", Shape::Uuid, 10_000, 200, 10_000, 0, 1, PerRequest),
+        ("per user sessions", Shape::Uuid, 200, 200, 5000, 0, 1, PerUser),
+        ("team ids", Shape::Uuid, 50, 200, 5000, 50, 4, SharedByDesign),
+        ("thread ids", Shape::ShortInt, 8, 200, 5000, 0, 0, SharedByDesign),
+        ("model names", Shape::Word, 3, 200, 5000, 0, 0, SharedByDesign),
+        ("timestamps", Shape::Timestamp, 9_000, 200, 10_000, 0, 0, PerRequest),
+        ("few users", Shape::Hex, 1, 3, 50, 1, 3, InsufficientData),
     ];
-    for (name, s, want) in cases {
+    for (name, shape, values, users, requests, shared, max, want) in cases {
+        let s = summary(shape, values, users, requests, shared, max);
         assert_eq!(judge(&s, 5).0, want, "{name}: {}", judge(&s, 5).1);
     }
 }

@@ -70,6 +70,16 @@ pub(super) fn restored_scopes(fx: &Effects) -> Vec<RestoredScope> {
         .collect()
 }
 
+/// An engine on `cfg` with metrics of its own.
+pub(super) fn new_engine(cfg: &Config) -> Engine {
+    Engine::new(cfg, Arc::new(Metrics::new()))
+}
+
+/// Ingest one observation at `wall_s` seconds.
+pub(super) fn ingest_one(engine: &mut Engine, o: Observation, wall_s: u64, fx: &mut Effects) {
+    engine.ingest(vec![o], at(wall_s), fx);
+}
+
 pub(super) fn run(cfg: &Config, observations: Vec<Observation>) -> (Engine, Vec<FindingRecord>) {
     let mut engine = Engine::new(cfg, Arc::new(Metrics::new()));
     let mut fx = Effects::default();
@@ -320,20 +330,22 @@ fn global_cap_evicts_least_recently_seen() {
 fn retention_forgets_quiet_instances() {
     let mut cfg = config("exclusive", "process", "user");
     cfg.watches[0].retention = Duration::from_secs(60);
-    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut engine = new_engine(&cfg);
     let mut fx = Effects::default();
-    engine.ingest(
-        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
-        at(1000),
+    ingest_one(
+        &mut engine,
+        obs(Some("alice"), None, "f", 1, 2, "p"),
+        1000,
         &mut fx,
     );
     engine.tick(at(1030), &mut fx);
     assert_eq!(engine.tracked_instances(), 1);
     engine.tick(at(1100), &mut fx);
     assert_eq!(engine.tracked_instances(), 0);
-    engine.ingest(
-        vec![obs(Some("bob"), None, "f", 200, 201, "p")],
-        at(1101),
+    ingest_one(
+        &mut engine,
+        obs(Some("bob"), None, "f", 200, 201, "p"),
+        1101,
         &mut fx,
     );
     assert!(engine.findings().is_empty());
@@ -342,18 +354,20 @@ fn retention_forgets_quiet_instances() {
 #[test]
 fn new_bindings_are_effects_and_known_ones_are_free() {
     let cfg = config("exclusive", "process", "user");
-    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut engine = new_engine(&cfg);
     let mut fx = Effects::default();
-    engine.ingest(
-        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
-        at(10),
+    ingest_one(
+        &mut engine,
+        obs(Some("alice"), None, "f", 1, 2, "p"),
+        10,
         &mut fx,
     );
     assert_eq!(fx.bindings.len(), 1);
     let mut fx2 = Effects::default();
-    engine.ingest(
-        vec![obs(Some("alice"), None, "f", 3, 4, "p")],
-        at(10),
+    ingest_one(
+        &mut engine,
+        obs(Some("alice"), None, "f", 3, 4, "p"),
+        10,
         &mut fx2,
     );
     assert!(
@@ -365,11 +379,12 @@ fn new_bindings_are_effects_and_known_ones_are_free() {
 #[test]
 fn restored_state_finds_a_user_after_restart_and_never_refinds() {
     let cfg = config("exclusive", "process", "user");
-    let mut first = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut first = new_engine(&cfg);
     let mut fx = Effects::default();
-    first.ingest(
-        vec![obs(Some("alice"), None, "f", 1, 2, "p")],
-        at(10),
+    ingest_one(
+        &mut first,
+        obs(Some("alice"), None, "f", 1, 2, "p"),
+        10,
         &mut fx,
     );
     let restored = Restored {
@@ -379,12 +394,13 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         pending: Vec::new(),
         evidence: Vec::new(),
     };
-    let mut second = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut second = new_engine(&cfg);
     second.restore(restored);
     let mut fx2 = Effects::default();
-    second.ingest(
-        vec![obs(Some("bob"), None, "f", 3, 4, "p")],
-        at(20),
+    ingest_one(
+        &mut second,
+        obs(Some("bob"), None, "f", 3, 4, "p"),
+        20,
         &mut fx2,
     );
     assert_eq!(second.findings().len(), 1);
@@ -392,7 +408,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
 
     let mut bindings = fx.bindings.clone();
     bindings.extend(fx2.bindings.clone());
-    let mut third = Engine::new(&cfg, Arc::new(Metrics::new()));
+    let mut third = new_engine(&cfg);
     third.restore(Restored {
         scopes: restored_scopes(&fx),
         bindings,
@@ -401,9 +417,10 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
         evidence: Vec::new(),
     });
     let mut fx3 = Effects::default();
-    third.ingest(
-        vec![obs(Some("alice"), None, "f", 5, 6, "p")],
-        at(30),
+    ingest_one(
+        &mut third,
+        obs(Some("alice"), None, "f", 5, 6, "p"),
+        30,
         &mut fx3,
     );
     assert!(
@@ -417,7 +434,7 @@ fn restored_state_finds_a_user_after_restart_and_never_refinds() {
 fn hmac_mode_binds_pseudonyms_only() {
     let cfg = config("exclusive", "process", "user");
     let p = Pseudonymizer::new(b"key");
-    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new())).with_pseudonyms(p.clone());
+    let mut engine = new_engine(&cfg).with_pseudonyms(p.clone());
     let mut fx = Effects::default();
     engine.ingest(
         vec![
