@@ -30,27 +30,37 @@
 //! `crosstalk-loadgen` binary); `fuzz/` holds the cargo-fuzz targets.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod app;
-pub mod auth;
+// The public surface is only what the binaries, benches, fuzz targets and integration tests
+// reach (`main.rs`: `cli`, `telemetry`; `crosstalk-loadgen` and `benches/`: `config`,
+// `correlate`, `normalize`, `store`, `telemetry`; `fuzz/`: `config`, `correlate`, `normalize`). Everything
+// else is private, so the compiler reports what nothing uses.
+mod api;
+mod app;
+mod auth;
+#[doc(hidden)]
 pub mod cli;
-pub mod cluster;
+mod cluster;
+#[doc(hidden)]
 pub mod config;
-pub mod connections;
+mod connections;
+#[doc(hidden)]
 pub mod correlate;
-pub mod gate;
-pub mod http;
+mod gate;
+mod http;
+#[doc(hidden)]
 pub mod normalize;
-pub mod pipeline;
-pub mod privacy;
-pub mod ready;
-pub mod reload;
-pub mod serve;
-pub mod sinks;
-pub mod sources;
+mod pipeline;
+mod privacy;
+mod ready;
+mod reload;
+mod serve;
+mod sinks;
+mod sources;
+#[doc(hidden)]
 pub mod store;
+#[doc(hidden)]
 pub mod telemetry;
-pub mod tls;
+mod tls;
 
 pub use app::App;
 pub use config::Config;

@@ -85,6 +85,7 @@ impl Outcome {
 }
 
 /// Run every file through one engine; the findings, newest first.
+#[cfg(test)]
 pub fn check_files(config: &Config, files: &[String]) -> Result<Vec<Finding>, InputError> {
     check(config, files).map(|o| o.findings)
 }

@@ -41,7 +41,6 @@ pub enum Export {
     TracesJson(Bytes),
     LogsProtobuf(Bytes),
     LogsJson(Bytes),
-    Traces(Box<ExportTraceServiceRequest>),
     Logs(Box<ExportLogsServiceRequest>),
 }
 
@@ -52,7 +51,6 @@ impl Export {
             | Export::TracesJson(b)
             | Export::LogsProtobuf(b)
             | Export::LogsJson(b) => b.len(),
-            Export::Traces(m) => m.encoded_len(),
             Export::Logs(m) => m.encoded_len(),
         }
     }
@@ -205,7 +203,6 @@ impl Worker {
                         feed.logs(&r, now);
                     }
                 }
-                Export::Traces(r) => feed.traces(&r, now),
                 Export::Logs(r) => feed.logs(&r, now),
             }
             let total = feed.discovery.evicted;
