@@ -32,8 +32,8 @@
 
 // The public surface is only what the binaries, benches, fuzz targets and integration tests
 // reach (`main.rs`: `cli`, `telemetry`; `crosstalk-loadgen` and `benches/`: `config`,
-// `correlate`, `normalize`, `store`, `telemetry`; `fuzz/`: `config`, `correlate`, `normalize`). Everything
-// else is private, so the compiler reports what nothing uses.
+// `correlate`, `normalize`, `store`, `telemetry`; `fuzz/`: `config`, `correlate`,
+// `normalize`). Everything else is private, so the compiler reports what nothing uses.
 mod api;
 mod app;
 mod auth;
