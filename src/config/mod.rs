@@ -225,8 +225,10 @@ pub struct Events {
     pub fields: EventFields,
 }
 
-/// The resolved `[discovery]` section.
-#[derive(Debug, Clone, PartialEq)]
+/// The resolved `[discovery]` section (also what is read: its keys need no resolving, only
+/// checking).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Discovery {
     pub enabled: bool,
     pub max_keys: usize,

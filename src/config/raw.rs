@@ -361,25 +361,5 @@ fn default_severity() -> String {
     "critical".into()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct RawDiscovery {
-    pub enabled: bool,
-    pub max_keys: usize,
-    pub min_users: u64,
-    pub sample: f64,
-    pub exclude: Vec<String>,
-}
-
-impl Default for RawDiscovery {
-    fn default() -> Self {
-        let d = super::Discovery::default();
-        Self {
-            enabled: d.enabled,
-            max_keys: d.max_keys,
-            min_users: d.min_users,
-            sample: d.sample,
-            exclude: d.exclude,
-        }
-    }
-}
+/// `[discovery]` as written: the resolved form, checked by `resolve` before use.
+pub(super) type RawDiscovery = super::Discovery;

@@ -323,10 +323,7 @@ fn discovery(raw: RawDiscovery) -> Result<super::Discovery, ConfigError> {
         return Err(invalid("discovery.min_users", "must be at least 2"));
     }
     Ok(super::Discovery {
-        enabled: raw.enabled,
         max_keys: positive("discovery.max_keys", raw.max_keys)?,
-        min_users: raw.min_users,
-        sample: raw.sample,
-        exclude: raw.exclude,
+        ..raw
     })
 }
