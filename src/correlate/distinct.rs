@@ -99,6 +99,19 @@ impl<const P: usize, const EXACT: usize> Clone for DistinctCounter<P, EXACT> {
     }
 }
 
+impl<const P: usize, const EXACT: usize> PartialEq for DistinctCounter<P, EXACT> {
+    fn eq(&self, other: &Self) -> bool {
+        self.floor == other.floor
+            && match (&self.repr, &other.repr) {
+                (Repr::Exact(a), Repr::Exact(b)) => a == b,
+                (Repr::Sketch(_), Repr::Sketch(_)) => self.to_bytes() == other.to_bytes(),
+                _ => false,
+            }
+    }
+}
+
+impl<const P: usize, const EXACT: usize> Eq for DistinctCounter<P, EXACT> {}
+
 impl<const P: usize, const EXACT: usize> DistinctCounter<P, EXACT> {
     /// An empty, exact counter (no allocation until the first item).
     pub fn new() -> Self {
@@ -141,6 +154,15 @@ impl<const P: usize, const EXACT: usize> DistinctCounter<P, EXACT> {
                 self.floor = self.floor.max(sketch.estimate() as u64);
                 true
             }
+        }
+    }
+
+    /// Takes back items counted by growth that was never committed (the engine's undo log).
+    /// Only an exact counter can: a sketch keeps them (counting them again is idempotent).
+    pub fn forget_hashes(&mut self, hashes: &[u64]) {
+        if let Repr::Exact(set) = &mut self.repr {
+            set.retain(|h| !hashes.contains(h));
+            self.floor = set.len() as u64;
         }
     }
 

@@ -12,6 +12,15 @@ use time::format_description::well_known::Rfc3339;
 
 /// Users and evidence items a finding lists at most; `user_count` keeps counting past it.
 pub const MAX_LISTED_USERS: usize = 100;
+/// Distinct users a finding counts exactly (a set of 64-bit hashes); a sketch beyond.
+pub const EXACT_USERS: usize = 10_000;
+
+/// A finding's distinct users: exact up to [`EXACT_USERS`], then HyperLogLog (precision 14).
+pub type UserCounter = crate::correlate::distinct::DistinctCounter<14, EXACT_USERS>;
+
+fn exact_by_default() -> bool {
+    true
+}
 pub const MAX_EVIDENCE: usize = 50;
 
 /// The two kinds of cross-user leak crosstalk reports.
@@ -94,7 +103,12 @@ pub struct Finding {
     pub severity: String,
     /// Distinct users, in order first seen (event time); at most [`MAX_LISTED_USERS`].
     pub users: Vec<String>,
+    /// Distinct users: exact up to [`EXACT_USERS`], a HyperLogLog estimate beyond (±2 % at
+    /// 100 k); never decreasing.
     pub user_count: u64,
+    /// False once `user_count` is an estimate.
+    #[serde(default = "exact_by_default")]
+    pub user_count_exact: bool,
     /// Distinct tenants involved, in order first seen, where known.
     pub tenants: Vec<String>,
     /// Whether the users involved belong to more than one tenant.
@@ -184,7 +198,7 @@ pub struct Lengths {
 }
 
 /// What one `absorb` (the engine's single growth path for findings) changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Growth {
     /// Users the finding did not count before.
     pub users: u64,
@@ -196,6 +210,8 @@ pub struct Growth {
     pub last_seen: bool,
     /// The lists before, to undo the growth.
     pub before: Lengths,
+    /// Hashes of the users an exact count took in (to take them back if undone).
+    pub counted: Vec<u64>,
 }
 
 impl Growth {
@@ -236,6 +252,7 @@ impl Finding {
             severity: subject.severity.to_owned(),
             users: Vec::new(),
             user_count: 0,
+            user_count_exact: true,
             tenants: Vec::new(),
             cross_tenant: false,
             first_seen: rfc3339(first_seen_ns),
@@ -247,23 +264,9 @@ impl Finding {
         }
     }
 
-    /// Whether `user` is listed. Past [`MAX_LISTED_USERS`] an unlisted user cannot be told
-    /// from a new one (the exact-then-approximate count of the reliability issue fixes that).
+    /// Whether `user` is listed (the first [`MAX_LISTED_USERS`]).
     pub fn names(&self, user: &str) -> bool {
         self.users.iter().any(|u| u == user)
-    }
-
-    /// Count one more user, listing it while there is room; false when already listed.
-    /// Only the engine's `absorb` grows a finding.
-    pub(crate) fn add_user(&mut self, user: &str) -> bool {
-        if self.names(user) {
-            return false;
-        }
-        if self.users.len() < MAX_LISTED_USERS {
-            self.users.push(user.to_owned());
-        }
-        self.user_count += 1;
-        true
     }
 }
 

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{FileCheckpoint, Store, StoreError};
 use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, RestoredScope};
 use crate::correlate::evidence::SeenRow;
+use crate::correlate::finding::UserCounter;
 use crate::correlate::finding::{FindingState, StateChange, rfc3339};
 use crate::correlate::{Finding, FindingKind};
 use crate::normalize::{Signal, SpanId, TraceId};
@@ -61,22 +62,26 @@ impl Store {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT body, scope_key, detected_ns, last_seen_ns FROM findings")?;
+            .prepare("SELECT body, scope_key, detected_ns, last_seen_ns, users FROM findings")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
             ))
         })?;
         for row in rows {
-            let (body, scope_key, detected, last_seen) = row?;
+            let (body, scope_key, detected, last_seen, users) = row?;
+            let finding: Finding = serde_json::from_str(&body)?;
+            let users = user_counter(&finding, users.as_deref());
             restored.findings.push(FindingRecord {
-                finding: serde_json::from_str(&body)?,
+                finding,
                 scope_key,
                 detected_ns: detected as u64,
                 last_seen_ns: last_seen as u64,
+                users,
             });
         }
         let mut stmt = self
@@ -129,6 +134,23 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A finding's user counter as stored; one stored before the counter (or unreadable) is
+/// counted again from the users it lists, which is all such a row ever knew exactly.
+fn user_counter(finding: &Finding, stored: Option<&[u8]>) -> UserCounter {
+    if let Some(bytes) = stored {
+        match UserCounter::from_bytes(bytes) {
+            Ok(counter) => return counter,
+            Err(e) => tracing::warn!(finding = %finding.id, error = %e,
+                "a finding's user counter cannot be read; counting its listed users again"),
+        }
+    }
+    let mut counter = UserCounter::new();
+    for user in &finding.users {
+        counter.insert(user.as_bytes());
+    }
+    counter
 }
 
 /// Which findings to list.

@@ -54,6 +54,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ALTER TABLE findings ADD COLUMN state_by TEXT;
      ALTER TABLE findings ADD COLUMN state_note TEXT;
      ALTER TABLE findings ADD COLUMN state_ns INTEGER;",
+    // 6: every distinct user of a finding, counted (exact hashes, then a sketch); a finding
+    // stored before has none and is counted again from the users it lists.
+    "ALTER TABLE findings ADD COLUMN users BLOB;",
 ];
 
 /// Bring the database to the newest schema; refuse one newer than this build understands.

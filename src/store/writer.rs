@@ -147,11 +147,13 @@ impl Store {
             }
             // An upsert, not a replace: the triage columns belong to the API.
             let mut finding = tx.prepare_cached(
-                "INSERT INTO findings (id, type, watch, scope_key, detected_ns, last_seen_ns, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO findings (id, type, watch, scope_key, detected_ns, last_seen_ns, body,
+                    users)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (id) DO UPDATE SET type = excluded.type, watch = excluded.watch,
                     scope_key = excluded.scope_key, detected_ns = excluded.detected_ns,
-                    last_seen_ns = excluded.last_seen_ns, body = excluded.body",
+                    last_seen_ns = excluded.last_seen_ns, body = excluded.body,
+                    users = excluded.users",
             )?;
             for r in &fx.findings {
                 finding.execute(params![
@@ -162,6 +164,7 @@ impl Store {
                     r.detected_ns as i64,
                     r.last_seen_ns as i64,
                     serde_json::to_string(&r.finding)?,
+                    r.users.to_bytes(),
                 ])?;
             }
             let mut offset = tx.prepare_cached(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::correlate::evidence::SeenRow;
-use crate::correlate::finding::Finding;
+use crate::correlate::finding::{Finding, UserCounter};
 use crate::normalize::{Signal, SpanId, TraceId};
 
 use super::remote::ClusterCheck;
@@ -60,6 +60,9 @@ pub struct FindingRecord {
     pub scope_key: String,
     pub detected_ns: u64,
     pub last_seen_ns: u64,
+    /// Every distinct user, counted (the finding lists only the first few): stored compactly
+    /// beside the finding, so that growing it after a restart costs O(1) per observation.
+    pub users: UserCounter,
 }
 
 /// A finding created or grown by this batch, for sinks that react to news (alerts, logs).

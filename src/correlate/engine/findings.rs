@@ -8,8 +8,10 @@ use super::observe::Sighting;
 use super::undo::Undo;
 use super::{DELIVERY_WATCH, Effects, Engine, FindingNews, FindingRecord, Received, Seed, Use};
 use crate::config::{Boundary, Policy};
+use crate::correlate::distinct::item_hash;
 use crate::correlate::finding::{
-    Evidence, Finding, FindingKind, Growth, Lengths, MAX_EVIDENCE, Subject, rfc3339,
+    Evidence, Finding, FindingKind, Growth, Lengths, MAX_EVIDENCE, MAX_LISTED_USERS, Subject,
+    UserCounter, rfc3339,
 };
 use crate::normalize::{Observation, TraceId};
 use crate::telemetry::metrics::{FindingLabels, TraceExemplar, WatchServiceLabels};
@@ -22,6 +24,7 @@ impl FindingRecord {
             finding: Finding::new(subject, first_seen_ns, detected_ns),
             detected_ns,
             last_seen_ns: first_seen_ns,
+            users: UserCounter::new(),
         }
     }
 
@@ -53,11 +56,23 @@ impl FindingRecord {
         };
         let mut added: Vec<&str> = Vec::new();
         for user in users {
-            if f.add_user(user) {
-                growth.users += 1;
+            let hash = item_hash(user.as_bytes());
+            // Exactly known while exact; past it the sketch takes the user again harmlessly
+            // (it cannot list or cite it: lists and evidence are full long before).
+            let new = self.users.contains_hash(hash) == Some(false);
+            self.users.insert_hash(hash);
+            if new {
+                growth.counted.push(hash);
+                if f.users.len() < MAX_LISTED_USERS {
+                    f.users.push(user.to_owned());
+                }
                 added.push(user);
             }
         }
+        // The counter's count never decreases; the delta is what this call added.
+        growth.users = self.users.count().saturating_sub(f.user_count);
+        f.user_count = f.user_count.max(self.users.count());
+        f.user_count_exact = self.users.is_exact();
         for tenant in tenants {
             if !f.tenants.iter().any(|t| t == tenant) {
                 f.tenants.push(tenant.to_owned());
@@ -85,11 +100,14 @@ impl FindingRecord {
         growth
     }
 
-    /// Undo growth back to `before`; `severity`: the one it had before escalating, if it did.
-    pub(super) fn shrink(&mut self, before: Lengths, severity: Option<&str>) {
+    /// Undo `growth`; `severity`: the one it had before escalating, if it did.
+    pub(super) fn shrink(&mut self, growth: &Growth, severity: Option<&str>) {
+        let before = growth.before;
+        self.users.forget_hashes(&growth.counted);
         let f = &mut self.finding;
         f.users.truncate(before.users);
         f.user_count = before.user_count;
+        f.user_count_exact = self.users.is_exact();
         f.tenants.truncate(before.tenants);
         f.cross_tenant = f.tenants.len() > 1;
         f.evidence.truncate(before.evidence);
@@ -162,7 +180,9 @@ impl Engine {
         };
         let mut grown: Vec<&Use> = Vec::new();
         for u in conflicts.iter().chain(this_use) {
-            if !record.finding.names(&u.user) && !grown.iter().any(|g| g.user == u.user) {
+            // Known users (exactly, while the count is exact) cost a hash lookup, nothing more.
+            let known = record.users.contains_hash(item_hash(u.user.as_bytes()));
+            if known != Some(true) && !grown.iter().any(|g| g.user == u.user) {
                 grown.push(u);
             }
         }
@@ -193,20 +213,21 @@ impl Engine {
         let Some(record) = self.findings.get(id) else {
             return;
         };
+        let (news, changed, users) = (growth.is_news(), growth.changed(), growth.users);
         if growth.structural() {
             self.undo.push(Undo::FindingGrown(id.to_owned(), growth));
         }
-        if growth.is_news() {
+        if news {
             fx.findings.retain(|f| f.finding.id != id);
             fx.findings.push(record.clone());
             fx.news.push(FindingNews {
                 id: id.to_owned(),
                 new: false,
                 received: None,
-                users: growth.users,
+                users,
                 trace: None,
             });
-        } else if growth.changed() && !self.dirty_findings.iter().any(|d| d == id) {
+        } else if changed && !self.dirty_findings.iter().any(|d| d == id) {
             self.dirty_findings.push(id.to_owned());
         }
     }

@@ -14,7 +14,7 @@ use crate::config::{Boundary, Policy, Scope};
 use crate::normalize::Observation;
 
 /// Distinct users remembered per instance; past it the least recently seen is forgotten.
-const MAX_USES_PER_INSTANCE: usize = 32;
+pub(super) const MAX_USES_PER_INSTANCE: usize = 32;
 /// Recent use intervals remembered per user of a `concurrent` instance.
 const MAX_INTERVALS: usize = 8;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::observe::MAX_USES_PER_INSTANCE;
 use super::{Engine, InstanceKey, Received, Restored, Seed, Use};
 use crate::config::Policy;
 use crate::correlate::FastMap;
@@ -212,6 +213,17 @@ impl Engine {
                     scope: evidence_scope,
                 },
             });
+        }
+        // As many users per instance as observing keeps, the most recent: an instance with
+        // tens of thousands of stored bindings must not make every later observation scan them.
+        for state in self.instances.values_mut() {
+            if state.uses.len() > MAX_USES_PER_INSTANCE {
+                state
+                    .uses
+                    .sort_unstable_by_key(|u| std::cmp::Reverse(u.last_ns));
+                state.uses.truncate(MAX_USES_PER_INSTANCE);
+                state.uses.shrink_to_fit();
+            }
         }
         for record in restored.findings {
             let f = &record.finding;

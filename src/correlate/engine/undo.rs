@@ -133,7 +133,7 @@ impl Engine {
                     .and_then(|r| self.watch_index(&r.finding.watch))
                     .map(|w| self.watches[w as usize].severity.as_str().to_owned());
                 if let Some(record) = self.findings.get_mut(&id) {
-                    record.shrink(growth.before, severity.as_deref());
+                    record.shrink(&growth, severity.as_deref());
                 }
             }
             Undo::Delivery(key) => {

@@ -475,4 +475,5 @@ mod allow;
 pub(crate) mod growth;
 pub(crate) mod rejudge;
 mod reload;
+pub(crate) mod scale;
 pub(crate) mod undo;
