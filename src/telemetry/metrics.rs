@@ -140,6 +140,26 @@ impl Default for Metrics {
     }
 }
 
+/// Declares each family as a local (`Type::default()`) and registers it, one entry per family:
+/// `local: Type = "name", "help";`. After `if COND,` the families exist either way but are
+/// registered, and so exported, only when COND holds.
+macro_rules! families {
+    ($registry:ident; $($field:ident: $ty:ty = $name:literal, $help:literal;)*) => {
+        $(
+            let $field = <$ty>::default();
+            $registry.register($name, $help, $field.clone());
+        )*
+    };
+    (if $cond:expr, $registry:ident; $($field:ident: $ty:ty = $name:literal, $help:literal;)*) => {
+        $(
+            let $field = <$ty>::default();
+            if $cond {
+                $registry.register($name, $help, $field.clone());
+            }
+        )*
+    };
+}
+
 impl Metrics {
     /// The families of a sidecar without `[cluster]`.
     pub fn new() -> Self {
@@ -154,174 +174,90 @@ impl Metrics {
     /// Every family, with at most `max_label_values` distinct `service` values.
     pub(super) fn build(cluster: bool, max_label_values: usize) -> Self {
         let mut registry = Registry::default();
-        let findings = Family::<FindingLabels, CounterWithExemplar<TraceExemplar>>::default();
-        registry.register(
-            "crosstalk_findings",
-            "Findings raised (a shared instance or a misdelivered event), with the conflicting trace as exemplar",
-            findings.clone(),
-        );
-        let affected_users = Family::<WatchServiceLabels, Counter>::default();
-        registry.register(
-            "crosstalk_affected_users",
-            "Users named by findings (each user counted once per finding)",
-            affected_users.clone(),
-        );
-        let tracked_instances = Family::<WatchLabels, Gauge>::default();
-        registry.register(
-            "crosstalk_tracked_instances",
-            "Instances whose users are currently tracked",
-            tracked_instances.clone(),
-        );
-        let received = Family::<SignalLabels, Counter>::default();
-        registry.register(
-            "crosstalk_received",
-            "Items (spans, log records, event lines) accepted, counted once each",
-            received.clone(),
-        );
-        let rejected = Family::<RejectLabels, Counter>::default();
-        registry.register(
-            "crosstalk_rejected",
-            "Requests or items rejected, by source and reason",
-            rejected.clone(),
-        );
+        families! { registry;
+            findings: Family<FindingLabels, CounterWithExemplar<TraceExemplar>> = "crosstalk_findings",
+                "Findings raised (a shared instance or a misdelivered event), with the conflicting trace as exemplar";
+            affected_users: Family<WatchServiceLabels, Counter> = "crosstalk_affected_users",
+                "Users named by findings (each user counted once per finding)";
+            tracked_instances: Family<WatchLabels, Gauge> = "crosstalk_tracked_instances",
+                "Instances whose users are currently tracked";
+            received: Family<SignalLabels, Counter> = "crosstalk_received",
+                "Items (spans, log records, event lines) accepted, counted once each";
+            rejected: Family<RejectLabels, Counter> = "crosstalk_rejected",
+                "Requests or items rejected, by source and reason";
+        }
         // Apart from `rejected`: an operator's typo on the admin API must not page through
         // CrosstalkRejectingInput, which reads `rejected` as "telemetry is being lost".
-        let admin_bad_requests = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "crosstalk_admin_bad_requests",
-            "Admin API requests refused (bad query, wrong method, missing token, unknown path)",
-            admin_bad_requests.clone(),
-        );
-        let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "crosstalk_config_reloads",
-            "Config reloads (SIGHUP or POST /api/v1/reload), ok or refused with an error",
-            config_reloads.clone(),
-        );
+        families! { registry;
+            admin_bad_requests: Family<ReasonLabels, Counter> = "crosstalk_admin_bad_requests",
+                "Admin API requests refused (bad query, wrong method, missing token, unknown path)";
+            config_reloads: Family<ResultLabels, Counter> = "crosstalk_config_reloads",
+                "Config reloads (SIGHUP or POST /api/v1/reload), ok or refused with an error";
+        }
         for result in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels {
                 result: result.into(),
             });
         }
-        let discarded = Family::<DiscardLabels, Counter>::default();
-        registry.register(
-            "crosstalk_discarded",
-            "Items accepted and deliberately dropped: signals crosstalk does not read (metrics data points)",
-            discarded.clone(),
-        );
-        let clamped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "crosstalk_clamped",
-            "Spans whose times were corrected (end before start, end or start in the future); the span is still used",
-            clamped.clone(),
-        );
+        families! { registry;
+            discarded: Family<DiscardLabels, Counter> = "crosstalk_discarded",
+                "Items accepted and deliberately dropped: signals crosstalk does not read (metrics data points)";
+            clamped: Family<ReasonLabels, Counter> = "crosstalk_clamped",
+                "Spans whose times were corrected (end before start, end or start in the future); the span is still used";
+        }
         // Every reason is known up front: export each at zero so a panel never shows "No data".
         for reason in crate::normalize::ClampReason::ALL {
             let _ = clamped.get_or_create(&ReasonLabels {
                 reason: reason.as_str().to_owned(),
             });
         }
-        let unattributed = Family::<WatchLabels, Counter>::default();
-        registry.register(
-            "crosstalk_unattributed",
-            "Observations of a watched instance for which no user (or tenant) could be found",
-            unattributed.clone(),
-        );
-        let watched_observations = Family::<WatchLabels, Counter>::default();
-        registry.register(
-            "crosstalk_watched_observations",
-            "Observations of a watched instance",
-            watched_observations.clone(),
-        );
+        families! { registry;
+            unattributed: Family<WatchLabels, Counter> = "crosstalk_unattributed",
+                "Observations of a watched instance for which no user (or tenant) could be found";
+            watched_observations: Family<WatchLabels, Counter> = "crosstalk_watched_observations",
+                "Observations of a watched instance";
+        }
         let detection_delay = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "crosstalk_detection_delay_seconds",
             "Time from receiving the conflicting observation to the finding being committed (visible in the API)",
             detection_delay.clone(),
         );
-        let evicted = Family::<EvictLabels, Counter>::default();
-        registry.register(
-            "crosstalk_evicted",
-            "Tracked instances or pending spans dropped to honour a bound",
-            evicted.clone(),
-        );
-        let queue_pushed = Family::<QueueLabels, Counter>::default();
-        registry.register(
-            "crosstalk_queue_pushed",
-            "Batches put on an internal queue",
-            queue_pushed.clone(),
-        );
-        let queue_popped = Family::<QueueLabels, Counter>::default();
-        registry.register(
-            "crosstalk_queue_popped",
-            "Batches taken off an internal queue",
-            queue_popped.clone(),
-        );
-        let queue_full = Family::<QueueLabels, Counter>::default();
-        registry.register(
-            "crosstalk_queue_full",
-            "Times a producer found an internal queue full (answered 503/UNAVAILABLE or paused)",
-            queue_full.clone(),
-        );
-        let queue_capacity = Family::<QueueLabels, Gauge>::default();
-        registry.register(
-            "crosstalk_queue_capacity",
-            "Capacity of an internal queue, in batches",
-            queue_capacity.clone(),
-        );
-        let store_errors = Counter::default();
-        registry.register(
-            "crosstalk_store_errors",
-            "Failed commits to the embedded store",
-            store_errors.clone(),
-        );
+        families! { registry;
+            evicted: Family<EvictLabels, Counter> = "crosstalk_evicted",
+                "Tracked instances or pending spans dropped to honour a bound";
+            queue_pushed: Family<QueueLabels, Counter> = "crosstalk_queue_pushed",
+                "Batches put on an internal queue";
+            queue_popped: Family<QueueLabels, Counter> = "crosstalk_queue_popped",
+                "Batches taken off an internal queue";
+            queue_full: Family<QueueLabels, Counter> = "crosstalk_queue_full",
+                "Times a producer found an internal queue full (answered 503/UNAVAILABLE or paused)";
+            queue_capacity: Family<QueueLabels, Gauge> = "crosstalk_queue_capacity",
+                "Capacity of an internal queue, in batches";
+            store_errors: Counter = "crosstalk_store_errors",
+                "Failed commits to the embedded store";
+        }
         // Not /ready: a full disk on crosstalk's volume must not take the watched pod out of
         // service (crosstalk's readiness gates it as a native sidecar). This gauge is the signal.
-        let store_healthy = Gauge::default();
-        registry.register(
-            "crosstalk_store_healthy",
-            "1 while the last commit to the embedded store succeeded, 0 while commits fail",
-            store_healthy.clone(),
-        );
-        let alerts_sent = Counter::default();
-        registry.register(
-            "crosstalk_alerts_sent",
-            "Alerts (firing or resolved) accepted by Alertmanager",
-            alerts_sent.clone(),
-        );
-        let alert_failures = Counter::default();
-        registry.register(
-            "crosstalk_alert_failures",
-            "Alert deliveries that failed and will be retried",
-            alert_failures.clone(),
-        );
-        let cluster_up = Gauge::default();
-        let cluster_pending = Gauge::default();
-        let cluster_dropped = Counter::default();
-        let cluster_round_trips = Counter::default();
+        families! { registry;
+            store_healthy: Gauge = "crosstalk_store_healthy",
+                "1 while the last commit to the embedded store succeeded, 0 while commits fail";
+            alerts_sent: Counter = "crosstalk_alerts_sent",
+                "Alerts (firing or resolved) accepted by Alertmanager";
+            alert_failures: Counter = "crosstalk_alert_failures",
+                "Alert deliveries that failed and will be retried";
+        }
         // Without [cluster] these families stay unregistered, so they are absent from /metrics:
         // a `crosstalk_cluster_up 0` there would fire CrosstalkClusterDown on every single sidecar.
-        if cluster {
-            registry.register(
-                "crosstalk_cluster_up",
-                "1 while Redis coordination of global watches is reachable (0 when down; absent without [cluster])",
-                cluster_up.clone(),
-            );
-            registry.register(
-                "crosstalk_cluster_pending",
-                "Global observations waiting for Redis",
-                cluster_pending.clone(),
-            );
-            registry.register(
-                "crosstalk_cluster_dropped",
-                "Global observations dropped because the Redis queue was full",
-                cluster_dropped.clone(),
-            );
-            registry.register(
-                "crosstalk_cluster_round_trips",
-                "Checks judged by Redis",
-                cluster_round_trips.clone(),
-            );
+        families! { if cluster, registry;
+            cluster_up: Gauge = "crosstalk_cluster_up",
+                "1 while Redis coordination of global watches is reachable (0 when down; absent without [cluster])";
+            cluster_pending: Gauge = "crosstalk_cluster_pending",
+                "Global observations waiting for Redis";
+            cluster_dropped: Counter = "crosstalk_cluster_dropped",
+                "Global observations dropped because the Redis queue was full";
+            cluster_round_trips: Counter = "crosstalk_cluster_round_trips",
+                "Checks judged by Redis";
         }
         let evidence = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<WatchServiceLabels, Gauge>::default();
@@ -348,41 +284,25 @@ impl Metrics {
             "crosstalk_watch_users",
             "Distinct users served by observed instances over the evidence window",
         );
-        let watch_expected = Family::<WatchLabels, Gauge>::default();
-        registry.register(
-            "crosstalk_watch_expected",
-            "1 for a watch marked expected = true (it must see traffic), else 0",
-            watch_expected.clone(),
-        );
-        let build_info = Family::<VersionLabels, Gauge>::default();
-        registry.register(
-            "crosstalk_build_info",
-            "crosstalk version",
-            build_info.clone(),
-        );
+        families! { registry;
+            watch_expected: Family<WatchLabels, Gauge> = "crosstalk_watch_expected",
+                "1 for a watch marked expected = true (it must see traffic), else 0";
+            build_info: Family<VersionLabels, Gauge> = "crosstalk_build_info",
+                "crosstalk version";
+        }
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })
             .set(1);
-        let discovery_suspects = Family::<ServiceLabels, Gauge>::default();
-        registry.register(
-            "crosstalk_discovery_suspects",
-            "Attribute keys discovery judges leak suspects, by service (advisory: never alerts)",
-            discovery_suspects.clone(),
-        );
-        let discovery_evicted = Counter::default();
-        registry.register(
-            "crosstalk_discovery_evicted",
-            "Attribute keys discovery dropped to stay within max_keys",
-            discovery_evicted.clone(),
-        );
-        let label_overflow = Family::<LabelName, Counter>::default();
-        registry.register(
-            "crosstalk_label_overflow",
-            "Label values folded into \"__other__\" past limits.max_label_values, each counted once",
-            label_overflow.clone(),
-        );
+        families! { registry;
+            discovery_suspects: Family<ServiceLabels, Gauge> = "crosstalk_discovery_suspects",
+                "Attribute keys discovery judges leak suspects, by service (advisory: never alerts)";
+            discovery_evicted: Counter = "crosstalk_discovery_evicted",
+                "Attribute keys discovery dropped to stay within max_keys";
+            label_overflow: Family<LabelName, Counter> = "crosstalk_label_overflow",
+                "Label values folded into \"__other__\" past limits.max_label_values, each counted once";
+        }
         let service_cap = LabelCap::new(
             max_label_values,
             label_overflow
