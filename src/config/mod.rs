@@ -23,8 +23,10 @@ pub use overrides::{Overrides, env_names};
 pub use raw::{DEFAULT_MAX_LABEL_VALUES, EventFields};
 pub use watch::{Boundary, Policy, Scope, Severity, Watch};
 
-/// Size, count and time limits (`[limits]`), each checked positive.
-#[derive(Debug, Clone)]
+/// Size, count and time limits (`[limits]`), read straight from the file and each checked
+/// positive.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_tracked_instances: usize,
     pub queue_capacity: usize,
@@ -36,13 +38,34 @@ pub struct Limits {
     /// exported as `__other__`.
     pub max_label_values: usize,
     /// A request head (HTTP/1) must arrive within this long of its first byte.
+    #[serde(deserialize_with = "raw::duration")]
     pub header_timeout: Duration,
     /// A connection with no request in flight and nothing read for this long is closed.
+    #[serde(deserialize_with = "raw::duration")]
     pub idle_timeout: Duration,
     /// A request body must arrive whole within this long (408 otherwise).
+    #[serde(deserialize_with = "raw::duration")]
     pub body_timeout: Duration,
     /// Open connections per listener, before the clamp below the file-descriptor limit.
     pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tracked_instances: 1_000_000,
+            queue_capacity: 1024,
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_id_bytes: 256,
+            max_attributes_per_span: 128,
+            max_label_values: DEFAULT_MAX_LABEL_VALUES,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
 }
 
 /// The embedded default configuration, printed by `crosstalk config default`.

@@ -17,7 +17,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub attribution: RawAttribution,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub limits: super::Limits,
     #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
@@ -109,41 +109,16 @@ impl Default for RawAttribution {
 /// The default of `limits.max_label_values`.
 pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
 
-/// Size, count and time limits as written; resolved into [`super::Limits`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct RawLimits {
-    pub max_tracked_instances: usize,
-    pub queue_capacity: usize,
-    pub max_body_bytes: usize,
-    pub max_decompressed_bytes: usize,
-    pub max_id_bytes: usize,
-    pub max_attributes_per_span: usize,
-    /// Distinct values per metric label fed by client data (`service`); the rest are
-    /// exported as `__other__`.
-    pub max_label_values: usize,
-    pub header_timeout: String,
-    pub idle_timeout: String,
-    pub body_timeout: String,
-    pub max_connections: usize,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_tracked_instances: 1_000_000,
-            queue_capacity: 1024,
-            max_body_bytes: 16 << 20,
-            max_decompressed_bytes: 64 << 20,
-            max_id_bytes: 256,
-            max_attributes_per_span: 128,
-            max_label_values: DEFAULT_MAX_LABEL_VALUES,
-            header_timeout: "10s".into(),
-            idle_timeout: "120s".into(),
-            body_timeout: "30s".into(),
-            max_connections: 4096,
-        }
-    }
+/// A `humantime` duration such as `"10s"` or `"2m"`, for structs read straight from the file.
+pub(super) fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{text}`: {e} (write e.g. \"10s\", \"2m\", \"1h\")"
+        ))
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{
     OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawDiscovery,
-    RawEvents, RawEvidence, RawIdentity, RawLimits, RawListen, RawPrivacy, RawWatch,
+    RawEvents, RawEvidence, RawIdentity, RawListen, RawPrivacy, RawWatch,
 };
 use super::watch::resolve_watches;
 use super::{
@@ -183,7 +183,7 @@ fn identity(raw: RawIdentity) -> Result<Identity, ConfigError> {
     })
 }
 
-fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
+fn limits(raw: Limits) -> Result<Limits, ConfigError> {
     for (key, value) in [
         ("limits.max_tracked_instances", raw.max_tracked_instances),
         ("limits.queue_capacity", raw.queue_capacity),
@@ -199,26 +199,16 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     ] {
         positive(key, value)?;
     }
-    let timeout = |key: &str, value: &str| {
-        let d = parse_duration(key, value)?;
-        if d.is_zero() {
+    for (key, value) in [
+        ("limits.header_timeout", raw.header_timeout),
+        ("limits.idle_timeout", raw.idle_timeout),
+        ("limits.body_timeout", raw.body_timeout),
+    ] {
+        if value.is_zero() {
             return Err(invalid(key, "must be greater than 0"));
         }
-        Ok(d)
-    };
-    Ok(Limits {
-        header_timeout: timeout("limits.header_timeout", &raw.header_timeout)?,
-        idle_timeout: timeout("limits.idle_timeout", &raw.idle_timeout)?,
-        body_timeout: timeout("limits.body_timeout", &raw.body_timeout)?,
-        max_tracked_instances: raw.max_tracked_instances,
-        queue_capacity: raw.queue_capacity,
-        max_body_bytes: raw.max_body_bytes,
-        max_decompressed_bytes: raw.max_decompressed_bytes,
-        max_id_bytes: raw.max_id_bytes,
-        max_attributes_per_span: raw.max_attributes_per_span,
-        max_label_values: raw.max_label_values,
-        max_connections: raw.max_connections,
-    })
+    }
+    Ok(raw)
 }
 
 fn events(raw: RawEvents) -> Result<Events, ConfigError> {
