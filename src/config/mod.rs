@@ -97,6 +97,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: Listen,
     pub storage_dir: PathBuf,
+    /// `[storage] findings_retention`: findings quiet this long leave memory and the store.
+    pub findings_retention: Duration,
     pub identity: Identity,
     pub attribution: Attribution,
     pub limits: Limits,

@@ -25,6 +25,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("listen", "otlp_http", Str),
     ("listen", "admin", Str),
     ("storage", "dir", Str),
+    ("storage", "findings_retention", Str),
     ("identity", "user_attributes", List),
     ("identity", "tenant_attributes", List),
     ("attribution", "wait", Str),

@@ -64,12 +64,14 @@ impl Default for RawListen {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawStorage {
     pub dir: PathBuf,
+    pub findings_retention: String,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("./crosstalk-data"),
+            findings_retention: "30d".into(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{
     OneOrMany, RawAlertmanager, RawAttribution, RawAuth, RawCluster, RawConfig, RawDiscovery,
-    RawEvents, RawEvidence, RawIdentity, RawListen, RawPrivacy, RawWatch,
+    RawEvents, RawEvidence, RawIdentity, RawListen, RawPrivacy, RawStorage, RawWatch,
 };
 use super::watch::resolve_watches;
 use super::{
@@ -101,6 +101,7 @@ impl RawConfig {
             privacy,
             alertmanager,
             auth,
+            findings_retention: findings_retention(&self.storage)?,
             storage_dir: self.storage.dir,
             identity,
             attribution: attribution(&self.attribution)?,
@@ -113,6 +114,16 @@ impl RawConfig {
             default_watches,
         })
     }
+}
+
+/// `[storage] findings_retention`: a finding quiet this long is deleted.
+fn findings_retention(raw: &RawStorage) -> Result<Duration, ConfigError> {
+    let key = "storage.findings_retention";
+    let retention = parse_duration(key, &raw.findings_retention)?;
+    if retention.is_zero() {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(retention)
 }
 
 /// `[evidence] window`: at least a minute, so that its buckets are at least seconds wide.

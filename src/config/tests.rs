@@ -210,3 +210,16 @@ fn allow_instances_are_listed_and_checked() {
             .unwrap_err();
     assert!(e.to_string().contains("watch[0].allow_instances"), "{e}");
 }
+
+#[test]
+fn findings_retention_defaults_to_thirty_days_and_must_be_a_positive_duration() {
+    let c = Config::default_config();
+    assert_eq!(c.findings_retention, Duration::from_secs(30 * 24 * 3600));
+    let c = Config::from_toml("[storage]\nfindings_retention = \"12h\"\n").unwrap();
+    assert_eq!(c.findings_retention, Duration::from_secs(12 * 3600));
+    for bad in ["0s", "soon"] {
+        let text = format!("[storage]\nfindings_retention = \"{bad}\"\n");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("storage.findings_retention"), "{err}");
+    }
+}

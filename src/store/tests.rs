@@ -209,3 +209,44 @@ fn a_later_last_seen_from_the_cluster_survives_a_restart() {
     let restored = Store::open(dir.path()).unwrap().restore().unwrap();
     assert_eq!(restored.findings[0].last_seen_ns, 90 * 1_000_000_000);
 }
+
+#[test]
+fn a_finding_past_its_retention_is_deleted_at_a_prune_tick_and_stays_deleted_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut fx = Effects::default();
+    let (mut engine, old, new) = crate::correlate::engine::tests::expiry::two_findings(
+        |cfg| Engine::new(cfg, Arc::new(Metrics::new())),
+        &mut fx,
+    );
+    store.commit(&fx, &[], 1).unwrap();
+    let mut fx = Effects::default();
+    engine.tick(at_s(1000 + 3600 + 10), &mut fx);
+    store.commit(&fx, &[], 2).unwrap();
+    let ids = |restored: &crate::correlate::engine::Restored| -> Vec<String> {
+        restored
+            .findings
+            .iter()
+            .map(|r| r.finding.id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&store.restore().unwrap()), vec![new.clone()]);
+    drop(store);
+    let restored = Store::open(dir.path()).unwrap().restore().unwrap();
+    assert_eq!(
+        ids(&restored),
+        vec![new.clone()],
+        "{old} does not come back"
+    );
+    assert!(
+        restored.bindings.iter().all(|b| b.instance != "old"),
+        "nor do the bindings it was judged from"
+    );
+}
+
+fn at_s(wall_s: u64) -> Received {
+    Received {
+        wall_ns: wall_s * 1_000_000_000,
+        at: std::time::Instant::now(),
+    }
+}

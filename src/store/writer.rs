@@ -167,6 +167,14 @@ impl Store {
                     r.users.to_bytes(),
                 ])?;
             }
+            // Past the findings retention: the finding, its triage state and its alert go.
+            let mut expire = tx.prepare_cached("DELETE FROM findings WHERE id = ?1")?;
+            let mut expire_alert =
+                tx.prepare_cached("DELETE FROM alert_outbox WHERE finding_id = ?1")?;
+            for id in &fx.expired_findings {
+                expire.execute(params![id])?;
+                expire_alert.execute(params![id])?;
+            }
             let mut offset = tx.prepare_cached(
                 "INSERT OR REPLACE INTO file_offsets (path, dev, ino, offset, updated_ns)
                  VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -1,8 +1,9 @@
 //! The bounds that keep engine state flat: the global cap on tracked instances and per-watch
-//! retention, with their metrics.
+//! retention, the findings retention, with their metrics.
 
 use super::undo::Undo;
 use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey};
+use crate::correlate::FastMap;
 use crate::correlate::finding::FindingKind;
 use crate::telemetry::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
 
@@ -99,6 +100,49 @@ impl Engine {
             .collect();
         for key in expired {
             self.remove_instance(&key, "retention", fx);
+        }
+    }
+
+    /// Delete findings whose `last_seen` and detection are both older than the findings
+    /// retention (detection too: a finding just raised from replayed old telemetry stays its
+    /// full retention). The instances it is about go with it, so that their bindings leave the
+    /// disk and the conflict is not judged again from them at the next start.
+    pub(super) fn expire_findings(&mut self, now_ns: u64, fx: &mut Effects) {
+        let horizon = now_ns.saturating_sub(self.findings_retention_ns);
+        let expired: std::collections::HashSet<String> = (self.findings.iter())
+            .filter(|(_, r)| r.last_seen_ns.max(r.detected_ns) < horizon)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        // One pass over instances and connections, however many findings expire at once.
+        let linked: Vec<InstanceKey> = (self.instances.iter())
+            .filter(|(_, s)| s.finding.as_deref().is_some_and(|f| expired.contains(f)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in linked {
+            self.remove_instance(&key, "retention", fx);
+        }
+        let mut connections: FastMap<String, Vec<(u32, Box<str>)>> = FastMap::default();
+        self.deliveries.retain(|k, f| {
+            let keep = !expired.contains(f);
+            if !keep {
+                connections.entry(f.clone()).or_default().push(k.clone());
+            }
+            keep
+        });
+        self.dirty_findings.retain(|d| !expired.contains(d));
+        fx.findings.retain(|r| !expired.contains(&r.finding.id));
+        fx.news.retain(|n| !expired.contains(&n.id));
+        for id in expired {
+            let Some(record) = self.findings.remove(&id) else {
+                continue;
+            };
+            let connections = connections.remove(&id).unwrap_or_default();
+            self.undo
+                .push(Undo::FindingExpired(Box::new(record), connections));
+            fx.expired_findings.push(id);
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct Effects {
     pub evicted: Vec<EvictedInstance>,
     /// Findings to upsert (new, grown, or with a later `last_seen`).
     pub findings: Vec<FindingRecord>,
+    /// Findings past `storage.findings_retention`: deleted, by id, after the upserts.
+    pub expired_findings: Vec<String>,
     pub news: Vec<FindingNews>,
     /// New (instance, user) pairs of coordinated global watches, for Redis to judge.
     pub cluster: Vec<ClusterCheck>,
@@ -117,6 +119,7 @@ impl Effects {
             && self.bindings.is_empty()
             && self.evicted.is_empty()
             && self.findings.is_empty()
+            && self.expired_findings.is_empty()
             && self.parked.is_empty()
             && self.unparked.is_empty()
             && self.evidence.is_empty()

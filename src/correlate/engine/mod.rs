@@ -124,6 +124,8 @@ pub struct Engine {
     /// Findings by id, and the instance (or connection) each one is about.
     findings: FastMap<String, FindingRecord>,
     deliveries: FastMap<(u32, Box<str>), String>,
+    /// `storage.findings_retention`, in nanoseconds.
+    findings_retention_ns: u64,
     traces: TraceUsers,
     pending: Pending,
     dirty_findings: Vec<String>,
@@ -170,6 +172,7 @@ impl Engine {
             instances: FastMap::default(),
             findings: FastMap::default(),
             deliveries: FastMap::default(),
+            findings_retention_ns: config.findings_retention.as_nanos() as u64,
             traces: TraceUsers::new(config.attribution.max_pending.max(1024) * 2, TRACE_TTL_NS),
             pending: Pending::new(config.attribution.max_pending),
             dirty_findings: Vec::new(),
@@ -338,6 +341,7 @@ impl Engine {
         if now.wall_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_EVERY_NS {
             self.last_sweep_ns = now.wall_ns;
             self.sweep_retention(now.wall_ns / 1_000_000_000, fx);
+            self.expire_findings(now.wall_ns, fx);
         }
         if now.wall_ns.saturating_sub(self.last_evidence_ns) >= EVIDENCE_EVERY_NS {
             self.last_evidence_ns = now.wall_ns;

@@ -8,7 +8,7 @@
 //!   judged on top of an uncommitted one is undone with it, back to the state before both;
 //! - recorded is what a later judgement or the store depends on: instances and their users
 //!   (new, dropped to make room, evicted), a finding linked to an instance, findings (new,
-//!   grown), connections' findings, process scopes, observations waiting for their trace's user;
+//!   grown, expired), connections' findings, process scopes, observations waiting for their trace's user;
 //! - not recorded, because a retry sets them again and they only move one way: a known user's
 //!   times and intervals, a finding's `last_seen`, traces' users; findings the failed commit
 //!   would have written are written again with the next one;
@@ -31,6 +31,8 @@ pub(super) enum Undo {
     /// Grown by this `absorb` (its lengths before).
     FindingGrown(String, Growth),
     Delivery((u32, Box<str>)),
+    /// Deleted past the findings retention, with the connections it was about.
+    FindingExpired(Box<FindingRecord>, Vec<(u32, Box<str>)>),
     /// A process scope first interned by the batch (its index).
     Scope(u32),
     /// Parked by the batch: `seq` waits on this trace.
@@ -138,6 +140,12 @@ impl Engine {
             }
             Undo::Delivery(key) => {
                 self.deliveries.remove(&key);
+            }
+            Undo::FindingExpired(record, connections) => {
+                for key in connections {
+                    self.deliveries.insert(key, record.finding.id.clone());
+                }
+                self.findings.insert(record.finding.id.clone(), *record);
             }
             Undo::Scope(i) => self.unwritten_scopes.push(i),
             Undo::Parked(trace, seq) => self.pending.unpark(&trace, seq),

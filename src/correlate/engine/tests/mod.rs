@@ -472,6 +472,7 @@ fn hmac_mode_binds_pseudonyms_only() {
 }
 
 mod allow;
+pub(crate) mod expiry;
 pub(crate) mod growth;
 pub(crate) mod rejudge;
 mod reload;
