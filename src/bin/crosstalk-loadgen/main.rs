@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod fresh;
+mod grpc_bytes;
 mod payload;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,7 +25,6 @@ use crosstalk::correlate::finding::finding_id;
 use crosstalk::normalize::Extractor;
 use crosstalk::normalize::otlp::resource_of;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 
 use payload::{Generator, Shape};
@@ -138,7 +138,11 @@ fn main() -> std::process::ExitCode {
             Arc::new(batches.iter().map(|b| b.encode_to_vec()).collect());
         run_http(addr, &args, bodies, &totals, &stop)
     } else if let Some(addr) = args.grpc {
-        run_grpc(addr, &args, batches, &totals, &stop)
+        let bodies = batches
+            .iter()
+            .map(|b| bytes::Bytes::from(b.encode_to_vec()))
+            .collect();
+        run_grpc(addr, &args, bodies, &totals, &stop)
     } else {
         Vec::new()
     };
@@ -348,7 +352,7 @@ fn run_http(
 fn run_grpc(
     addr: SocketAddr,
     args: &Args,
-    batches: Vec<ExportTraceServiceRequest>,
+    bodies: Vec<bytes::Bytes>,
     totals: &Arc<Totals>,
     stop: &Arc<AtomicBool>,
 ) -> Vec<f64> {
@@ -363,7 +367,7 @@ fn run_grpc(
             return Vec::new();
         }
     };
-    let batches = Arc::new(batches);
+    let bodies = Arc::new(bodies);
     let deadline = Instant::now() + args.duration;
     let gap = pacing(args);
     let connections = args.connections;
@@ -371,11 +375,16 @@ fn run_grpc(
     runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for c in 0..args.connections {
-            let (batches, totals, stop) = (batches.clone(), totals.clone(), stop.clone());
+            let (bodies, totals, stop) = (bodies.clone(), totals.clone(), stop.clone());
             tasks.spawn(async move {
                 let mut latencies = Vec::new();
-                let mut client = match TraceServiceClient::connect(format!("http://{addr}")).await {
-                    Ok(client) => client,
+                let endpoint = format!("http://{addr}");
+                let channel = match tonic::transport::Endpoint::from_shared(endpoint) {
+                    Ok(e) => e.connect().await,
+                    Err(e) => Err(e),
+                };
+                let mut client = match channel {
+                    Ok(channel) => tonic::client::Grpc::new(channel),
                     Err(e) => {
                         eprintln!("crosstalk-loadgen: connecting to {addr}: {e}");
                         totals.errors.fetch_add(1, Ordering::Relaxed);
@@ -389,10 +398,18 @@ fn run_grpc(
                         tokio::time::sleep_until(next).await;
                         next += gap;
                     }
-                    let request = batches[i % batches.len()].clone();
+                    let body = bodies[i % bodies.len()].clone();
                     i += 1;
                     let sent = Instant::now();
-                    match client.export(request).await {
+                    let path = http::uri::PathAndQuery::from_static(grpc_bytes::EXPORT);
+                    let answer = match client.ready().await {
+                        Ok(()) => {
+                            let request = tonic::Request::new(body);
+                            client.unary(request, path, grpc_bytes::Encoded).await
+                        }
+                        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                    };
+                    match answer {
                         Ok(_) => {
                             totals.spans.fetch_add(batch, Ordering::Relaxed);
                             totals.requests.fetch_add(1, Ordering::Relaxed);
