@@ -106,4 +106,6 @@ pub(super) fn open_connection(dir: &Path) -> Result<Connection, StoreError> {
 }
 
 #[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 mod tests;

@@ -499,3 +499,25 @@ pub use undo::UndoMark;
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// What tests of bounded state outside this module (the store's) need to see.
+#[cfg(test)]
+impl Engine {
+    /// The most uses any tracked instance keeps.
+    pub(crate) fn max_uses_per_instance(&self) -> usize {
+        self.instances
+            .values()
+            .map(|s| s.uses.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The largest persisted user counter of any finding, in bytes.
+    pub(crate) fn max_user_counter_bytes(&self) -> usize {
+        self.findings
+            .values()
+            .map(|r| r.users.to_bytes().len())
+            .max()
+            .unwrap_or(0)
+    }
+}

@@ -11,7 +11,7 @@ use crate::normalize::{Delivery, WatchedId};
 
 pub(super) const SEC: u64 = 1_000_000_000;
 
-pub(super) fn config(policy: &str, scope: &str, boundary: &str) -> Config {
+pub(crate) fn config(policy: &str, scope: &str, boundary: &str) -> Config {
     Config::from_toml(&format!(
         "[attribution]\nwait = \"2s\"\n[[watch]]\nname = \"w\"\nattribute = \"a\"\npolicy = \"{policy}\"\nscope = \"{scope}\"\nboundary = \"{boundary}\"\n"
     ))
@@ -26,7 +26,7 @@ pub(super) fn resource(instance: &str) -> Arc<Resource> {
 }
 
 /// One use of instance `id` by `user` (tenant optional) over [s, e] seconds, from process `proc`.
-pub(super) fn obs(
+pub(crate) fn obs(
     user: Option<&str>,
     tenant: Option<&str>,
     id: &str,
@@ -52,7 +52,7 @@ pub(super) fn obs(
     }
 }
 
-pub(super) fn at(wall_s: u64) -> Received {
+pub(crate) fn at(wall_s: u64) -> Received {
     Received {
         wall_ns: wall_s * SEC,
         at: Instant::now(),
