@@ -14,7 +14,7 @@
 //! (restart without persistence) still sees both sides. Verdicts this sidecar owns go to the
 //! engine thread as their own message ([`crate::pipeline::Verdict`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,20 @@ impl Conn {
         }
     }
 
+    /// Claim `key` for `node` unless someone holds it (`SET NX PX`).
+    async fn claim(&mut self, key: &str, node: &str, ttl_ms: u64) -> RedisResult<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(node)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1));
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
     async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         call: &ScriptInvocation<'_>,
@@ -205,6 +219,10 @@ impl Coordinator {
         let mut conn: Option<Conn> = None;
         let mut pending: VecDeque<ClusterCheck> = std::mem::take(&mut self.initial).into();
         let mut known = Known::new(MAX_KNOWN);
+        // The findings this sidecar owns (claim key -> retention): claimed again first after a
+        // reconnect, so that a Redis that restarted empty gives each finding back to its owner
+        // instead of to whichever sidecar's replay happens to conflict first.
+        let mut claims: BTreeMap<String, u64> = BTreeMap::new();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
@@ -230,8 +248,14 @@ impl Coordinator {
             if conn.is_none() {
                 match Conn::open(&self.config.redis_urls, self.config.timeout).await {
                     Ok(c) => {
-                        conn = Some(c);
                         m.up.set(1);
+                        let c = conn.insert(c);
+                        if let Err(e) = self.reclaim(c, &claims).await {
+                            tracing::warn!(error = %e, "Redis reclaim failed; retried");
+                            conn = None;
+                            m.up.set(0);
+                            continue;
+                        }
                         // Publish everything again first: Redis may have restarted empty.
                         let again = known.replay(Instant::now());
                         for c in again.into_iter().rev() {
@@ -254,6 +278,10 @@ impl Coordinator {
                         m.round_trips.inc();
                         known.insert(check.clone(), Instant::now(), &self.metrics);
                         if let Some(rc) = verdict {
+                            if claims.len() >= MAX_KNOWN {
+                                claims.pop_first();
+                            }
+                            claims.insert(keys(&rc.check).1, rc.check.retention_ms);
                             self.deliver(rc).await;
                         }
                     }
@@ -276,6 +304,14 @@ impl Coordinator {
             }
             m.pending.set(pending.len() as i64);
         }
+    }
+
+    /// Claim again the findings this sidecar owned before the connection was lost.
+    async fn reclaim(&self, conn: &mut Conn, claims: &BTreeMap<String, u64>) -> RedisResult<()> {
+        for (key, ttl_ms) in claims {
+            conn.claim(key, &self.node_id, *ttl_ms).await?;
+        }
+        Ok(())
     }
 
     /// Grow the findings this sidecar owns with the users other sidecars found since.

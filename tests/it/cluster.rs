@@ -419,3 +419,64 @@ fn redis_cluster_mode_finds_one_conflict_across_sidecars() {
             .all(|f| f["users"] == serde_json::json!(["alice", "bob"]))
     );
 }
+
+#[test]
+fn after_redis_restarts_empty_a_finding_stays_with_the_sidecar_that_owns_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Redis::start(port);
+    let config = format!(
+        "[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"300ms\"\n{WATCHES}"
+    );
+    let sidecars: Vec<Server> = (0..2).map(|_| Server::start(&config)).collect();
+    sidecars[0].post_traces(&session_use("alice", "sess-1", "pod-1", 1));
+    std::thread::sleep(Duration::from_millis(300));
+    sidecars[1].post_traces(&session_use("bob", "sess-1", "pod-2", 2));
+    let f = wait_findings(&sidecars, 1);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    let owner = (0..2)
+        .find(|&i| !sidecars[i].findings().is_empty())
+        .unwrap();
+    let other = 1 - owner;
+
+    redis.kill9();
+    for s in &sidecars {
+        assert!(
+            s.wait_for(Duration::from_secs(5), |s| (s
+                .metric("crosstalk_cluster_up")
+                == 0.0)
+                .then_some(()))
+                .is_some()
+        );
+    }
+    // Redis comes back empty. The owner reconnects first (an export wakes it; the other waits
+    // for its heartbeat), so the other sidecar's replay is the one that meets the conflict: the
+    // order in which the finding would change hands if claims were not made again.
+    let _redis = Redis::start(port);
+    sidecars[owner].post_traces(&session_use("carol", "sess-9", "pod-1", 3));
+    assert!(
+        sidecars[other]
+            .wait_for(Duration::from_secs(5), |s| (s
+                .metric("crosstalk_cluster_up")
+                == 1.0)
+                .then_some(()))
+            .is_some()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let holders: Vec<usize> = (0..2)
+        .filter(|&i| {
+            sidecars[i]
+                .findings()
+                .iter()
+                .any(|f| f["instance"] == "sess-1")
+        })
+        .collect();
+    assert_eq!(
+        holders,
+        vec![owner],
+        "one sidecar, the owner, lists the finding"
+    );
+}
