@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::alerting::free_port;
 use crate::util::*;
 
 const WATCHES: &str = "[[watch]]\nname = \"session\"\nattribute = \"session.id\"\npolicy = \"exclusive\"\nscope = \"global\"\n";
@@ -74,6 +75,14 @@ fn session_use(
     )
 }
 
+/// Whether `s` reports `crosstalk_cluster_up` as `up` within five seconds.
+fn cluster_up_within_5s(s: &Server, up: f64) -> bool {
+    s.wait_for(Duration::from_secs(5), |s| {
+        (s.metric("crosstalk_cluster_up") == up).then_some(())
+    })
+    .is_some()
+}
+
 fn all_findings(sidecars: &[Server]) -> Vec<serde_json::Value> {
     sidecars.iter().flat_map(|s| s.findings()).collect()
 }
@@ -92,11 +101,7 @@ fn wait_findings(sidecars: &[Server], n: usize) -> Vec<serde_json::Value> {
 
 #[test]
 fn three_sidecars_one_redis_one_finding_and_an_outage_hides_nothing() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = Redis::start(port);
     let config = format!(
         "[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"300ms\"\n{WATCHES}{FACTORY_WATCH}"
@@ -151,14 +156,7 @@ fn three_sidecars_one_redis_one_finding_and_an_outage_hides_nothing() {
     sidecars[0].post_traces(&session_use("alice", "sess-2", "pod-1", 4));
     std::thread::sleep(Duration::from_millis(400));
     redis.kill9();
-    assert!(
-        sidecars[2]
-            .wait_for(Duration::from_secs(5), |s| (s
-                .metric("crosstalk_cluster_up")
-                == 0.0)
-                .then_some(()))
-            .is_some()
-    );
+    assert!(cluster_up_within_5s(&sidecars[2], 0.0));
     assert_eq!(
         sidecars[2]
             .post_traces(&session_use("bob", "sess-2", "pod-3", 5))
@@ -253,11 +251,7 @@ fn wait_users(
 
 #[test]
 fn a_third_user_on_another_sidecar_joins_the_owners_finding_and_first_writers_agree() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _redis = Redis::start(port);
     let config = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n{WATCHES}");
     let sidecars: Vec<Server> = (0..3).map(|_| Server::start(&config)).collect();
@@ -330,15 +324,7 @@ struct RedisCluster {
 impl RedisCluster {
     fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let nodes = ports
             .iter()
             .map(|port| {
@@ -422,11 +408,7 @@ fn redis_cluster_mode_finds_one_conflict_across_sidecars() {
 
 #[test]
 fn after_redis_restarts_empty_a_finding_stays_with_the_sidecar_that_owns_it() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = Redis::start(port);
     let config = format!(
         "[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"300ms\"\n{WATCHES}"
@@ -444,27 +426,14 @@ fn after_redis_restarts_empty_a_finding_stays_with_the_sidecar_that_owns_it() {
 
     redis.kill9();
     for s in &sidecars {
-        assert!(
-            s.wait_for(Duration::from_secs(5), |s| (s
-                .metric("crosstalk_cluster_up")
-                == 0.0)
-                .then_some(()))
-                .is_some()
-        );
+        assert!(cluster_up_within_5s(s, 0.0));
     }
     // Redis comes back empty. The owner reconnects first (an export wakes it; the other waits
     // for its heartbeat), so the other sidecar's replay is the one that meets the conflict: the
     // order in which the finding would change hands if claims were not made again.
     let _redis = Redis::start(port);
     sidecars[owner].post_traces(&session_use("carol", "sess-9", "pod-1", 3));
-    assert!(
-        sidecars[other]
-            .wait_for(Duration::from_secs(5), |s| (s
-                .metric("crosstalk_cluster_up")
-                == 1.0)
-                .then_some(()))
-            .is_some()
-    );
+    assert!(cluster_up_within_5s(&sidecars[other], 1.0));
     std::thread::sleep(Duration::from_millis(1500));
     let holders: Vec<usize> = (0..2)
         .filter(|&i| {
