@@ -200,7 +200,7 @@ fn websocket_session(misroute: bool) -> Vec<serde_json::Value> {
             "--runs",
             "1",
             "--timeout",
-            "3",
+            "8",
         ])
         .output()
         .unwrap();

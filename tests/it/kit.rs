@@ -107,7 +107,7 @@ fn websocket_users(app: &App) -> Json {
             "--runs",
             "3",
             "--timeout",
-            "3",
+            "8",
         ])
         .output()
         .unwrap();
