@@ -22,6 +22,7 @@ mod outbox;
 mod reader;
 mod schema;
 mod triage;
+mod wal;
 mod writer;
 
 pub use health::{StoreHealth, StoreStatus};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 
+use super::wal::Checkpointer;
 use super::{
     FileCheckpoint, Outbox, StoreError, StoreHealth, StoreReader, Triage, guard, open_connection,
     schema,
@@ -15,6 +16,8 @@ use crate::correlate::engine::Effects;
 /// The writer. Owned by the engine thread.
 pub struct Store {
     pub(super) conn: Connection,
+    /// Declared after `conn`: it ends once the connection (holding its wake channel) is gone.
+    _checkpointer: Checkpointer,
     dir: PathBuf,
     /// Held as long as the writer lives: one process per storage directory.
     _lock: guard::DirLock,
@@ -39,8 +42,10 @@ impl Store {
             what,
         })?;
         schema::migrate(&mut conn)?;
+        let checkpointer = Checkpointer::start(dir, &mut conn)?;
         Ok(Store {
             conn,
+            _checkpointer: checkpointer,
             dir: dir.to_owned(),
             _lock: lock,
             alerting: false,
