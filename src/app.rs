@@ -16,8 +16,8 @@ use crate::api::Admin;
 use crate::auth::BearerToken;
 use crate::cluster::Coordinator;
 use crate::config::Config;
+use crate::correlate::Engine;
 use crate::correlate::evidence::Evidence;
-use crate::correlate::{Engine, Restored};
 use crate::http::Handler;
 use crate::normalize::Extractor;
 use crate::pipeline::{self, EngineControl, EnginePanicked, IngestHandle};
@@ -118,23 +118,28 @@ impl Listeners {
     }
 }
 
-/// What the store holds at start: opened, restored and the tails' offsets, read off the
-/// async workers.
+/// What the store holds at start: opened, the engine restored from it and the tails'
+/// offsets, read off the async workers.
 struct Opened {
     store: Store,
-    restored: Restored,
+    engine: Engine,
+    ids: Option<Pseudonymizer>,
     offsets: HashMap<String, FileCheckpoint>,
 }
 
-async fn open_store(config: &Config) -> Result<Opened, StartError> {
-    let dir = config.storage_dir.clone();
+async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Opened, StartError> {
+    let (config, metrics) = (config.clone(), metrics.clone());
     let opened = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&dir)?;
-        let restored = store.restore()?;
+        let store = Store::open(&config.storage_dir)?;
+        let ids = Pseudonymizer::for_ids(&config)?;
+        let mut engine = new_engine(&config, &metrics, &ids);
+        // Row by row into the engine: the peak is its own tables, never every row at once.
+        engine.restore_from(|sink| store.restore_into(sink))?;
         let offsets = store.file_offsets()?;
-        Ok::<_, StoreError>(Opened {
+        Ok::<_, StartError>(Opened {
             store,
-            restored,
+            engine,
+            ids,
             offsets,
         })
     })
@@ -167,11 +172,8 @@ fn start_engine(
     config: &Config,
     metrics: &Arc<Metrics>,
     store: Store,
-    restored: Restored,
-    ids: Option<Pseudonymizer>,
+    engine: Engine,
 ) -> Result<Started, StartError> {
-    let mut engine = new_engine(config, metrics, &ids);
-    engine.restore(restored);
     let evidence = engine.watch_evidence();
     tracing::info!(instances = engine.tracked_instances(), "state restored");
     let (link, coordinator) = match &config.cluster {
@@ -352,13 +354,13 @@ impl App {
         let metrics = Arc::new(Metrics::for_config(&config));
         let Opened {
             store,
-            restored,
+            engine,
+            ids,
             offsets,
-        } = open_store(&config).await?;
+        } = open_store(&config, &metrics).await?;
         let reader = Arc::new(store.reader()?);
         let triage = Arc::new(store.triage()?);
         let key = Pseudonymizer::of(&config)?;
-        let ids = Pseudonymizer::for_ids(&config)?;
         let store = if config.alertmanager.is_some() {
             store.with_alerting()
         } else {
@@ -366,7 +368,7 @@ impl App {
         };
         let outbox = Arc::new(store.outbox()?);
         let store_health = store.health();
-        let started = start_engine(&config, &metrics, store, restored, ids.clone())?;
+        let started = start_engine(&config, &metrics, store, engine)?;
         restoring.release();
         let listeners = Listeners::bind(&config.listen).await?;
         let addrs = listeners.addrs;

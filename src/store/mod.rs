@@ -107,6 +107,8 @@ pub(super) fn open_connection(dir: &Path) -> Result<Connection, StoreError> {
 }
 
 #[cfg(test)]
+mod restore_tests;
+#[cfg(test)]
 mod scale_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{FileCheckpoint, Store, StoreError};
-use crate::correlate::engine::{BindingRow, FindingRecord, PendingRow, Restored, RestoredScope};
+use crate::correlate::engine::{
+    FindingRecord, PendingRow, RestoreSink, Restored, RestoredScope, StoredBinding,
+};
 use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::UserCounter;
 use crate::correlate::finding::{FindingState, StateChange, rfc3339};
@@ -15,9 +17,17 @@ use crate::correlate::{Finding, FindingKind};
 use crate::normalize::{Signal, SpanId, TraceId};
 
 impl Store {
-    /// Everything the engine needs to carry on where it stopped.
+    /// Everything the engine needs to carry on where it stopped, all at once (tests, tools;
+    /// the server streams it with [`Self::restore_into`]).
     pub fn restore(&self) -> Result<Restored, StoreError> {
         let mut restored = Restored::default();
+        self.restore_into(&mut restored)?;
+        Ok(restored)
+    }
+
+    /// Hand everything the engine needs to carry on to `sink`, one row at a time, in the
+    /// order [`RestoreSink`] promises.
+    pub fn restore_into(&self, sink: &mut impl RestoreSink) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT scope_key, identity FROM scopes")?;
@@ -25,41 +35,12 @@ impl Store {
         for row in rows {
             let (key, identity) = row?;
             let identity: BTreeMap<String, String> = serde_json::from_str(&identity)?;
-            restored.scopes.push(RestoredScope {
+            sink.scope(RestoredScope {
                 scope_key: key,
                 identity,
             });
         }
-        let mut stmt = self.conn.prepare(
-            "SELECT watch, scope_key, instance, user, tenant, first_ns, last_ns, last_start_ns,
-                    last_end_ns, trace_id, span_id, signal, evidence_scope_key FROM bindings",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(BindingRow {
-                watch: r.get(0)?,
-                scope_key: r.get(1)?,
-                instance: r.get(2)?,
-                user: r.get(3)?,
-                tenant: r.get(4)?,
-                first_ns: r.get::<_, i64>(5)? as u64,
-                last_ns: r.get::<_, i64>(6)? as u64,
-                last_start_ns: r.get::<_, i64>(7)? as u64,
-                last_end_ns: r.get::<_, i64>(8)? as u64,
-                trace_id: r
-                    .get::<_, Option<String>>(9)?
-                    .as_deref()
-                    .and_then(TraceId::from_hex),
-                span_id: r
-                    .get::<_, Option<String>>(10)?
-                    .as_deref()
-                    .and_then(SpanId::from_hex),
-                signal: Signal::from_name(&r.get::<_, String>(11)?),
-                evidence_scope_key: r.get(12)?,
-            })
-        })?;
-        for row in rows {
-            restored.bindings.push(row?);
-        }
+        self.restore_bindings(sink)?;
         let mut stmt = self
             .conn
             .prepare("SELECT body, scope_key, detected_ns, last_seen_ns, users FROM findings")?;
@@ -76,7 +57,7 @@ impl Store {
             let (body, scope_key, detected, last_seen, users) = row?;
             let finding: Finding = serde_json::from_str(&body)?;
             let users = user_counter(&finding, users.as_deref());
-            restored.findings.push(FindingRecord {
+            sink.finding(FindingRecord {
                 finding,
                 scope_key,
                 detected_ns: detected as u64,
@@ -95,7 +76,7 @@ impl Store {
             })
         })?;
         for row in rows {
-            restored.pending.push(row?);
+            sink.pending(row?);
         }
         let mut stmt = self
             .conn
@@ -109,9 +90,26 @@ impl Store {
             })
         })?;
         for row in rows {
-            restored.evidence.push(row?);
+            sink.evidence(row?);
         }
-        Ok(restored)
+        Ok(())
+    }
+
+    /// Every binding, borrowed from its row: nothing is copied but what the sink keeps.
+    fn restore_bindings(&self, sink: &mut impl RestoreSink) -> Result<(), StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))?;
+        sink.expect_bindings(count.max(0) as usize);
+        let mut stmt = self.conn.prepare(
+            "SELECT watch, scope_key, instance, user, tenant, first_ns, last_ns, last_start_ns,
+                    last_end_ns, trace_id, span_id, signal, evidence_scope_key FROM bindings",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            sink.binding(stored_binding(r)?);
+        }
+        Ok(())
     }
 
     /// Committed offsets of tailed files, by path.
@@ -134,6 +132,28 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn stored_binding<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<StoredBinding<'r>> {
+    let text = |i: usize| -> rusqlite::Result<&'r str> { Ok(r.get_ref(i)?.as_str()?) };
+    let hex =
+        |i: usize| -> rusqlite::Result<Option<&'r str>> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+    let ns = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
+    Ok(StoredBinding {
+        watch: text(0)?,
+        scope_key: text(1)?,
+        instance: text(2)?,
+        user: text(3)?,
+        tenant: r.get_ref(4)?.as_str_or_null()?,
+        first_ns: ns(5)?,
+        last_ns: ns(6)?,
+        last_start_ns: ns(7)?,
+        last_end_ns: ns(8)?,
+        trace_id: hex(9)?.and_then(TraceId::from_hex),
+        span_id: hex(10)?.and_then(SpanId::from_hex),
+        signal: Signal::from_name(text(11)?),
+        evidence_scope_key: text(12)?,
+    })
 }
 
 /// A finding's user counter as stored; one stored before the counter (or unreadable) is

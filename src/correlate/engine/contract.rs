@@ -1,6 +1,7 @@
 //! The engine↔store contract: what one batch changed that must be durable ([`Effects`]) and
-//! what the store hands back at start-up ([`Restored`]). Plain named rows, no SQL, no I/O: the
-//! store maps them to tables, the engine to its state.
+//! what the store hands back at start-up, row by row ([`RestoreSink`]; [`Restored`] collects
+//! them). Plain named rows, no SQL, no I/O: the store maps them to tables, the engine to its
+//! state.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,66 @@ pub struct BindingRow {
     pub span_id: Option<SpanId>,
     pub signal: Signal,
     pub evidence_scope_key: String,
+}
+
+impl BindingRow {
+    /// The row as the store reads it back.
+    pub fn as_stored(&self) -> StoredBinding<'_> {
+        StoredBinding {
+            watch: &self.watch,
+            scope_key: &self.scope_key,
+            instance: &self.instance,
+            user: &self.user,
+            tenant: self.tenant.as_deref(),
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            last_start_ns: self.last_start_ns,
+            last_end_ns: self.last_end_ns,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            signal: self.signal,
+            evidence_scope_key: &self.evidence_scope_key,
+        }
+    }
+}
+
+/// A binding as the store reads it back, borrowed from the row being read: restoring a million
+/// bindings allocates only what the engine keeps of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBinding<'a> {
+    pub watch: &'a str,
+    pub scope_key: &'a str,
+    pub instance: &'a str,
+    pub user: &'a str,
+    pub tenant: Option<&'a str>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub last_start_ns: u64,
+    pub last_end_ns: u64,
+    pub trace_id: Option<TraceId>,
+    pub span_id: Option<SpanId>,
+    pub signal: Signal,
+    pub evidence_scope_key: &'a str,
+}
+
+impl From<StoredBinding<'_>> for BindingRow {
+    fn from(b: StoredBinding<'_>) -> Self {
+        BindingRow {
+            watch: b.watch.to_owned(),
+            scope_key: b.scope_key.to_owned(),
+            instance: b.instance.to_owned(),
+            user: b.user.to_owned(),
+            tenant: b.tenant.map(str::to_owned),
+            first_ns: b.first_ns,
+            last_ns: b.last_ns,
+            last_start_ns: b.last_start_ns,
+            last_end_ns: b.last_end_ns,
+            trace_id: b.trace_id,
+            span_id: b.span_id,
+            signal: b.signal,
+            evidence_scope_key: b.evidence_scope_key.to_owned(),
+        }
+    }
 }
 
 /// An instance whose bindings were dropped.
@@ -126,7 +187,22 @@ impl Effects {
     }
 }
 
-/// State read back from the store at start-up.
+/// Where the store's rows go at start-up, one at a time, so that nothing holds every row at
+/// once. The store hands them in this order, which the engine relies on: every scope, then
+/// every binding (after `expect_bindings`), then findings, waiting observations (oldest
+/// first) and first/last observation times.
+pub trait RestoreSink {
+    /// How many bindings follow: an upper bound on the instances they make.
+    fn expect_bindings(&mut self, _count: usize) {}
+    fn scope(&mut self, scope: RestoredScope);
+    fn binding(&mut self, binding: StoredBinding<'_>);
+    fn finding(&mut self, record: FindingRecord);
+    fn pending(&mut self, row: PendingRow);
+    fn evidence(&mut self, row: SeenRow);
+}
+
+/// State read back from the store at start-up, all of it at once (tests, tools; the server
+/// streams it into the engine instead, see [`RestoreSink`]).
 #[derive(Debug, Default)]
 pub struct Restored {
     pub scopes: Vec<RestoredScope>,
@@ -136,4 +212,36 @@ pub struct Restored {
     pub pending: Vec<PendingRow>,
     /// First/last observation per (watch, service).
     pub evidence: Vec<SeenRow>,
+}
+
+impl Restored {
+    /// Hand every row to `sink` in the order [`RestoreSink`] promises.
+    pub fn replay(self, sink: &mut impl RestoreSink) {
+        self.scopes.into_iter().for_each(|s| sink.scope(s));
+        sink.expect_bindings(self.bindings.len());
+        self.bindings
+            .iter()
+            .for_each(|b| sink.binding(b.as_stored()));
+        self.findings.into_iter().for_each(|f| sink.finding(f));
+        self.pending.into_iter().for_each(|p| sink.pending(p));
+        self.evidence.into_iter().for_each(|e| sink.evidence(e));
+    }
+}
+
+impl RestoreSink for Restored {
+    fn scope(&mut self, scope: RestoredScope) {
+        self.scopes.push(scope);
+    }
+    fn binding(&mut self, binding: StoredBinding<'_>) {
+        self.bindings.push(binding.into());
+    }
+    fn finding(&mut self, record: FindingRecord) {
+        self.findings.push(record);
+    }
+    fn pending(&mut self, row: PendingRow) {
+        self.pending.push(row);
+    }
+    fn evidence(&mut self, row: SeenRow) {
+        self.evidence.push(row);
+    }
 }

@@ -490,11 +490,12 @@ mod restore;
 mod undo;
 
 pub use contract::{
-    BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, Restored,
-    RestoredScope, ScopeRow,
+    BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, RestoreSink,
+    Restored, RestoredScope, ScopeRow, StoredBinding,
 };
 pub use reconfigure::WatchChanges;
 pub use remote::{ClusterCheck, RemoteConflict, RemoteUse};
+pub use restore::Restoring;
 pub use undo::UndoMark;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Restoring the engine from the store at start-up, and the form in which an observation
-//! waiting for its trace's user is kept there.
+//! Restoring the engine from the store at start-up, row by row ([`Restoring`]), and the form
+//! in which an observation waiting for its trace's user is kept there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,10 +7,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::observe::MAX_USES_PER_INSTANCE;
-use super::{Engine, InstanceKey, Received, Restored, Seed, Use};
+use super::{
+    Engine, FindingRecord, InstanceKey, PendingRow, Received, RestoreSink, Restored, RestoredScope,
+    Seed, StoredBinding, Use,
+};
 use crate::config::Policy;
-use crate::correlate::FastMap;
 use crate::correlate::attribution::Parked;
+use crate::correlate::evidence::SeenRow;
 use crate::correlate::finding::FindingKind;
 use crate::normalize::{Delivery, Observation, Resource, Signal, SpanId, TraceId, WatchedId};
 
@@ -166,38 +169,94 @@ impl Engine {
         })
     }
 
-    /// Load what the store remembers. Bindings of watches no longer configured are ignored.
+    /// Load what the store remembers, all at once (see [`Self::restore_from`]).
     pub fn restore(&mut self, restored: Restored) {
-        for scope in restored.scopes {
-            if !self.scope_index.contains_key(&scope.scope_key) {
-                let r = Resource::from_identity(scope.identity, None, None);
-                self.scope_index
-                    .insert(scope.scope_key, self.scopes.len() as u32);
-                self.scopes.push(Arc::new(r));
-            }
+        let replayed = self.restore_from(|sink| {
+            restored.replay(sink);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        replayed.unwrap_or_else(|never| match never {});
+    }
+
+    /// Load what the store remembers as `read` hands it over row by row, so that the peak is
+    /// the engine's own tables, never every row at once. Bindings of watches no longer
+    /// configured (or of unknown scopes) are ignored. Once `read` is done, conflicts the
+    /// store holds without a finding are judged again.
+    pub fn restore_from<E>(
+        &mut self,
+        read: impl FnOnce(&mut Restoring<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let now_ns = crate::correlate::finding::now_ns();
+        let mut restoring = Restoring {
+            engine: self,
+            now_ns,
+            evidence: Vec::new(),
+        };
+        read(&mut restoring)?;
+        let evidence = restoring.evidence;
+        self.rejudge_restored();
+        self.restore_evidence(&evidence);
+        self.update_tracked_gauges();
+        Ok(())
+    }
+}
+
+/// The engine taking the store's rows at start-up (see [`Engine::restore_from`]).
+pub struct Restoring<'e> {
+    engine: &'e mut Engine,
+    now_ns: u64,
+    /// First/last observation times: a few rows per watch, taken in one piece at the end.
+    evidence: Vec<SeenRow>,
+}
+
+/// What tests of restoring through the real store (the store's) need to see.
+#[cfg(test)]
+impl Restoring<'_> {
+    /// Instances the table holds room for without growing.
+    pub(crate) fn instance_capacity(&self) -> usize {
+        self.engine.instances.capacity()
+    }
+}
+
+impl RestoreSink for Restoring<'_> {
+    fn expect_bindings(&mut self, count: usize) {
+        // Sized once: growing a table of a million instances would hold the old table and
+        // the new one at once.
+        let e = &mut *self.engine;
+        e.instances.reserve(count.min(e.max_instances));
+    }
+
+    fn scope(&mut self, scope: RestoredScope) {
+        let e = &mut *self.engine;
+        if !e.scope_index.contains_key(&scope.scope_key) {
+            let r = Resource::from_identity(scope.identity, None, None);
+            e.scope_index.insert(scope.scope_key, e.scopes.len() as u32);
+            e.scopes.push(Arc::new(r));
         }
-        let now_s = crate::correlate::finding::now_ns() / 1_000_000_000;
-        for b in restored.bindings {
-            let Some(watch) = self.watch_index(&b.watch) else {
-                continue;
-            };
-            let scope_of = |key: &str, index: &FastMap<String, u32>| index.get(key).copied();
-            let Some(scope) = scope_of(&b.scope_key, &self.scope_index) else {
-                continue;
-            };
-            let evidence_scope =
-                scope_of(&b.evidence_scope_key, &self.scope_index).unwrap_or(scope);
-            let key = InstanceKey {
-                watch,
-                scope,
-                id: b.instance.as_str().into(),
-            };
-            let concurrent = self.watches[watch as usize].policy == Policy::Concurrent;
-            let state = self.instances.entry(key).or_default();
-            state.touched_s = now_s;
-            state.uses.push(Use {
-                user: b.user.as_str().into(),
-                tenant: b.tenant.as_deref().map(Arc::from),
+    }
+
+    fn binding(&mut self, b: StoredBinding<'_>) {
+        let e = &mut *self.engine;
+        let Some(watch) = e.watch_index(b.watch) else {
+            return;
+        };
+        let Some(&scope) = e.scope_index.get(b.scope_key) else {
+            return;
+        };
+        let evidence_scope = e.scope_index.get(b.evidence_scope_key).copied();
+        let key = InstanceKey {
+            watch,
+            scope,
+            id: b.instance.into(),
+        };
+        let concurrent = e.watches[watch as usize].policy == Policy::Concurrent;
+        let state = e.instances.entry(key).or_default();
+        state.touched_s = self.now_ns / 1_000_000_000;
+        keep_recent(
+            &mut state.uses,
+            Use {
+                user: b.user.into(),
+                tenant: b.tenant.map(Arc::from),
                 first_ns: b.first_ns,
                 last_ns: b.last_ns,
                 intervals: if concurrent {
@@ -210,77 +269,82 @@ impl Engine {
                     trace_id: b.trace_id,
                     span_id: b.span_id,
                     signal: b.signal,
-                    scope: evidence_scope,
+                    scope: evidence_scope.unwrap_or(scope),
                 },
-            });
-        }
-        // As many users per instance as observing keeps, the most recent: an instance with
-        // tens of thousands of stored bindings must not make every later observation scan them.
-        for state in self.instances.values_mut() {
-            if state.uses.len() > MAX_USES_PER_INSTANCE {
-                state
-                    .uses
-                    .sort_unstable_by_key(|u| std::cmp::Reverse(u.last_ns));
-                state.uses.truncate(MAX_USES_PER_INSTANCE);
-                state.uses.shrink_to_fit();
-            }
-        }
-        for record in restored.findings {
-            let f = &record.finding;
-            let scope = self
-                .scope_index
-                .get(&record.scope_key)
-                .copied()
-                .unwrap_or(0);
-            if f.kind == FindingKind::MisdeliveredEvent {
-                self.deliveries
-                    .insert((scope, f.instance.as_str().into()), f.id.clone());
-            } else if let Some(watch) = self.watch_index(&f.watch) {
-                let key = InstanceKey {
-                    watch,
-                    scope,
-                    id: f.instance.as_str().into(),
-                };
-                if let Some(state) = self.instances.get_mut(&key) {
-                    state.finding = Some(f.id.as_str().into());
-                }
-                self.evidence_finding(watch, &f.service, record.last_seen_ns / 1_000_000_000);
-            }
-            self.findings.insert(f.id.clone(), record);
-        }
-        self.rejudge_restored();
-        self.restore_evidence(&restored.evidence);
-        self.update_tracked_gauges();
-        let now = crate::correlate::finding::now_ns();
-        for row in restored.pending {
-            let seq = row.seq;
-            self.next_parked_seq = self.next_parked_seq.max(seq + 1);
-            let parsed = self
-                .observation_of(&row.body)
-                .and_then(|o| Some((o.trace_id?, o)));
-            let Some((trace, obs)) = parsed else {
-                // Unreadable (or trace-less) rows would be read again on every start: they go
-                // with the first commit, counted.
-                tracing::warn!(
-                    seq,
-                    "dropping an unreadable waiting observation from the store"
-                );
-                self.count_evicted("", "pending_unreadable");
-                self.unreadable_pending.push(seq);
-                continue;
+            },
+        );
+    }
+
+    fn finding(&mut self, record: FindingRecord) {
+        let e = &mut *self.engine;
+        let f = &record.finding;
+        let scope = e.scope_index.get(&record.scope_key).copied().unwrap_or(0);
+        if f.kind == FindingKind::MisdeliveredEvent {
+            e.deliveries
+                .insert((scope, f.instance.as_str().into()), f.id.clone());
+        } else if let Some(watch) = e.watch_index(&f.watch) {
+            let key = InstanceKey {
+                watch,
+                scope,
+                id: f.instance.as_str().into(),
             };
-            let received = Received {
-                wall_ns: row.received_ns,
-                at: std::time::Instant::now(),
-            };
-            // A fresh wait: the trace's user may arrive now that crosstalk is back.
-            let deadline = now.saturating_add(self.wait_ns);
-            // Over capacity after a restart with a smaller bound: the oldest are settled at
-            // the first tick instead (their deadline has passed).
-            let overflow = self
-                .pending
-                .park(trace, Parked { obs, received, seq }, deadline);
-            self.restored_overflow.extend(overflow);
+            if let Some(state) = e.instances.get_mut(&key) {
+                state.finding = Some(f.id.as_str().into());
+            }
+            e.evidence_finding(watch, &f.service, record.last_seen_ns / 1_000_000_000);
         }
+        e.findings.insert(f.id.clone(), record);
+    }
+
+    fn pending(&mut self, row: PendingRow) {
+        let e = &mut *self.engine;
+        let seq = row.seq;
+        e.next_parked_seq = e.next_parked_seq.max(seq + 1);
+        let parsed = (e.observation_of(&row.body)).and_then(|o| Some((o.trace_id?, o)));
+        let Some((trace, obs)) = parsed else {
+            // Unreadable (or trace-less) rows would be read again on every start: they go
+            // with the first commit, counted.
+            tracing::warn!(
+                seq,
+                "dropping an unreadable waiting observation from the store"
+            );
+            e.count_evicted("", "pending_unreadable");
+            e.unreadable_pending.push(seq);
+            return;
+        };
+        let received = Received {
+            wall_ns: row.received_ns,
+            at: std::time::Instant::now(),
+        };
+        // A fresh wait: the trace's user may arrive now that crosstalk is back.
+        let deadline = self.now_ns.saturating_add(e.wait_ns);
+        // Over capacity after a restart with a smaller bound: the oldest are settled at
+        // the first tick instead (their deadline has passed).
+        let overflow = e
+            .pending
+            .park(trace, Parked { obs, received, seq }, deadline);
+        e.restored_overflow.extend(overflow);
+    }
+
+    fn evidence(&mut self, row: SeenRow) {
+        self.evidence.push(row);
+    }
+}
+
+/// Add a restored use, keeping as many users per instance as observing keeps, the most
+/// recent: an instance with tens of thousands of stored bindings must not make every later
+/// observation scan them. Bounded work per row, whatever order the rows come in.
+fn keep_recent(uses: &mut Vec<Use>, u: Use) {
+    if uses.len() < MAX_USES_PER_INSTANCE {
+        // Most instances only ever have one user (see `record_use`).
+        if uses.is_empty() {
+            uses.reserve_exact(1);
+        }
+        uses.push(u);
+        return;
+    }
+    let oldest = (0..uses.len()).min_by_key(|&i| uses[i].last_ns);
+    if let Some(i) = oldest.filter(|&i| uses[i].last_ns < u.last_ns) {
+        uses[i] = u;
     }
 }
