@@ -3,6 +3,12 @@
 
 use clap::Parser;
 
+/// jemalloc instead of the C library's allocator: about 8 B of bookkeeping per small allocation
+/// instead of 16, and freed memory goes back to the OS on its own, so the resident set follows
+/// what crosstalk holds (a restore's or a flood's peak does not stay resident).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = match crosstalk::cli::Cli::try_parse() {
         Ok(cli) => cli,
