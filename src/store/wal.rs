@@ -23,6 +23,8 @@ use super::{StoreError, open_connection};
 const WAL_WAKE_PAGES: i32 = 1000;
 /// WAL pages after which the writer checkpoints itself (about 64 MiB at 4 KiB pages).
 const WAL_HARD_PAGES: i32 = 16 * WAL_WAKE_PAGES;
+/// What the WAL file is cut back to when it restarts after a burst.
+const WAL_KEPT_BYTES: i64 = 16 << 20;
 
 /// The checkpointer thread. It ends when the writer's connection (whose WAL hook holds the only
 /// waking end) is dropped; dropping this waits for it, so that its connection is closed before
@@ -36,6 +38,9 @@ impl Checkpointer {
     pub(super) fn start(dir: &Path, writer: &mut Connection) -> Result<Self, StoreError> {
         let conn = open_connection(dir)?;
         let (wake, woken): (SyncSender<()>, _) = sync_channel(1);
+        // After a burst the WAL file shrinks back to this when it next restarts (it is reused,
+        // not truncated, otherwise).
+        writer.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         // Replaces SQLite's automatic checkpoint on this connection (it is a WAL hook too).
         writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
             if pages >= WAL_HARD_PAGES {
