@@ -3,12 +3,16 @@
 //! process's open-files limit, so the admin listener keeps descriptors to answer `/ready` and
 //! `/metrics` when the OTLP listeners are full), and per-connection clocks that close a
 //! connection whose request head does not arrive (`limits.header_timeout`) or that sits idle
-//! (`limits.idle_timeout`).
+//! (`limits.idle_timeout`). On HTTP/2 (h2c on the HTTP listeners, every gRPC connection) frames
+//! with no request in flight are pings and settings, not a head: there the header clock runs
+//! only until the connection's first request, which must start within `header_timeout` of the
+//! preface (gRPC: of the connection's accept, TLS handshake included).
 //!
 //! At the cap a new connection is accepted and closed at once (counted in
 //! `crosstalk_rejected_total{source, reason="too_many_connections"}`): the client learns at once
 //! and retries, instead of waiting in the kernel's backlog.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -95,9 +99,11 @@ impl Bounds {
     }
 
     /// The accepted connections of `listener` that fit under the cap, for tonic's
-    /// `serve_with_incoming`; the permit goes with the stream and is released when it closes.
-    /// An accept task hands them over a channel of one (full: it waits for tonic to take the
-    /// last one, as accepting directly would); it ends when tonic drops the stream.
+    /// `serve_with_incoming` (gRPC, so HTTP/2): the permit goes with the stream and is released
+    /// when it closes, and each connection is cut (counted as `header_timeout`) when no request
+    /// has started within `header_timeout` of its accept. An accept task hands them over a
+    /// channel of one (full: it waits for tonic to take the last one, as accepting directly
+    /// would); it ends when tonic drops the stream.
     pub fn incoming(self, listener: TcpListener) -> ReceiverStream<std::io::Result<Admitted>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
@@ -119,30 +125,55 @@ impl Bounds {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let admitted = Admitted {
-                    stream,
-                    _permit: permit,
-                };
-                if tx.send(Ok(admitted)).await.is_err() {
+                if tx.send(Ok(self.admitted(stream, permit))).await.is_err() {
                     return;
                 }
             }
         });
         ReceiverStream::new(rx)
     }
+
+    /// An HTTP/2 connection on a clock that starts at once, with its watchdog.
+    fn admitted(&self, stream: TcpStream, permit: OwnedSemaphorePermit) -> Admitted {
+        let clock = Clock::h2_from_now();
+        let (watched, bounds) = (clock.clone(), self.clone());
+        let watchdog = Box::pin(async move {
+            let why = watched.watch(bounds.header_timeout, None).await;
+            tracing::debug!(why, "connection closed");
+            bounds.count(why);
+        });
+        Admitted {
+            stream,
+            info: AdmittedInfo { clock },
+            watchdog,
+            cut: false,
+            _permit: permit,
+        }
+    }
 }
 
-/// A TCP connection holding one of its listener's permits.
+/// A gRPC connection: its TCP stream, one of its listener's permits, and the watchdog that cuts
+/// it when no request started in time (its reads fail from then on, so tonic closes it).
 pub struct Admitted {
     stream: TcpStream,
+    info: AdmittedInfo,
+    watchdog: Pin<Box<dyn Future<Output = ()> + Send>>,
+    cut: bool,
     _permit: OwnedSemaphorePermit,
 }
 
+/// What a gRPC request knows of its connection (a request extension, set by tonic): the clock
+/// its requests start and finish on.
+#[derive(Clone)]
+pub struct AdmittedInfo {
+    pub clock: Arc<Clock>,
+}
+
 impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = AdmittedInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
@@ -152,6 +183,17 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        // The server keeps a read pending on a live connection, so the watchdog is polled here
+        // and its timer wakes the connection's task.
+        if !self.cut && self.watchdog.as_mut().poll(cx).is_ready() {
+            self.cut = true;
+        }
+        if self.cut {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request within limits.header_timeout",
+            )));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -183,8 +225,11 @@ pub struct Clock {
     /// complete.
     head_from_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// HTTP/2: bytes with no request in flight are frames (pings, settings), not a head.
+    /// HTTP/2: bytes with no request in flight are frames (pings, settings), not a head; only
+    /// the wait for the first request is timed.
     h2: AtomicBool,
+    /// Whether any request has started on this connection.
+    served: AtomicBool,
 }
 
 impl Clock {
@@ -195,7 +240,16 @@ impl Clock {
             head_from_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
+            served: AtomicBool::new(false),
         })
+    }
+
+    /// An HTTP/2 connection (gRPC) whose wait for its first request starts now.
+    pub fn h2_from_now() -> Arc<Self> {
+        let clock = Self::new();
+        clock.h2.store(true, Ordering::Relaxed);
+        clock.head_from_ms.store(1, Ordering::Relaxed);
+        clock
     }
 
     fn now_ms(&self) -> u64 {
@@ -221,6 +275,7 @@ impl Clock {
     /// A request's head is complete; it is being handled.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         self.head_from_ms.store(0, Ordering::Release);
     }
 
@@ -231,29 +286,56 @@ impl Clock {
     }
 
     /// Resolves when the connection must be closed, with why: a head that did not arrive
-    /// within `header`, or nothing in flight and nothing read for `idle`.
+    /// within `header` (HTTP/2: a first request), or nothing in flight and nothing read for
+    /// `idle`.
     pub async fn expired(&self, header: Duration, idle: Duration) -> &'static str {
-        let (header, idle) = (header.as_millis() as u64, idle.as_millis() as u64);
+        self.watch(header, Some(idle)).await
+    }
+
+    /// [`Self::expired`], with the idle clock only when `idle` is set.
+    pub async fn watch(&self, header: Duration, idle: Option<Duration>) -> &'static str {
+        let header = header.as_millis() as u64;
+        let idle = idle.map(|idle| idle.as_millis() as u64);
         loop {
             let now = self.now_ms();
-            let mut next = now + idle.min(header).max(1);
+            let mut next = now + idle.unwrap_or(header).min(header).max(1);
             if self.in_flight.load(Ordering::Acquire) == 0 {
                 let head_from = self.head_from_ms.load(Ordering::Acquire);
-                if head_from != 0 && !self.h2.load(Ordering::Relaxed) {
+                let awaits_head =
+                    !self.h2.load(Ordering::Relaxed) || !self.served.load(Ordering::Acquire);
+                if head_from != 0 && awaits_head {
                     let due = head_from - 1 + header;
                     if now >= due {
                         return "header_timeout";
                     }
                     next = next.min(due);
                 }
-                let due = self.last_activity_ms.load(Ordering::Relaxed) + idle;
-                if now >= due {
-                    return "idle_timeout";
+                if let Some(idle) = idle {
+                    let due = self.last_activity_ms.load(Ordering::Relaxed) + idle;
+                    if now >= due {
+                        return "idle_timeout";
+                    }
+                    next = next.min(due);
                 }
-                next = next.min(due);
             }
             tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
         }
+    }
+}
+
+/// A request in flight on its connection's clock, until dropped (also when its future is).
+pub struct InFlight(Arc<Clock>);
+
+impl InFlight {
+    pub fn new(clock: Arc<Clock>) -> Self {
+        clock.request_started();
+        InFlight(clock)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::connections::{Bounds, Clock, Clocked};
+use crate::connections::{Bounds, Clock, Clocked, InFlight};
 
 /// A client gets this long to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -191,22 +191,6 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A request in flight on its connection's clock, also when its future is dropped.
-struct InFlight(Arc<Clock>);
-
-impl InFlight {
-    fn new(clock: Arc<Clock>) -> Self {
-        clock.request_started();
-        InFlight(clock)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.request_finished();
     }
 }
 

@@ -120,9 +120,11 @@ impl IngestHandle {
 /// (reloads are rare and serialized by the reloader; the engine looks every [`TICK`]).
 const RELOAD_CAPACITY: usize = 1;
 
-/// A reload's watch table by slot, and where the engine says what it did (once committed).
+/// A reload's watch table by slot, its findings retention, and where the engine says what it
+/// did (once committed).
 struct Reconfigure {
     slots: Vec<Option<Watch>>,
+    findings_retention: Duration,
     reply: oneshot::Sender<Result<WatchChanges, String>>,
 }
 
@@ -131,18 +133,23 @@ struct Reconfigure {
 pub struct WatchSender(tokio::sync::mpsc::Sender<Reconfigure>);
 
 impl WatchSender {
-    /// Hand `slots` to the engine and wait (at most `wait`) until it has applied and committed
-    /// them; what changed, or why not.
+    /// Hand `slots` and `findings_retention` to the engine and wait (at most `wait`) until it
+    /// has applied and committed them; what changed, or why not.
     pub async fn send(
         &self,
         slots: Vec<Option<Watch>>,
+        findings_retention: Duration,
         wait: Duration,
     ) -> Result<WatchChanges, String> {
         let (reply, answer) = oneshot::channel();
         let stopped = || "crosstalk is shutting down".to_owned();
         let asked = async {
             self.0
-                .send(Reconfigure { slots, reply })
+                .send(Reconfigure {
+                    slots,
+                    findings_retention,
+                    reply,
+                })
                 .await
                 .map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
@@ -330,6 +337,7 @@ impl EngineWorker {
         let answer = match self.store.commit(&forgets, &[], Received::now().wall_ns) {
             Ok(()) => {
                 let changes = self.engine.reconfigure(&r.slots, &mut Effects::default());
+                self.engine.set_findings_retention(r.findings_retention);
                 // Its forgetting is already durable: nothing of it is to be undone.
                 self.engine.committed(self.engine.undo_mark());
                 Ok(changes)

@@ -1,6 +1,7 @@
 //! Reload without a restart (`SIGHUP`, `POST /api/v1/reload`): read the config again from the
 //! same sources as at start (the file, then the environment and flags captured then, so the
-//! precedence is the same), and apply what can change live — the watches.
+//! precedence is the same), and apply what can change live — the watches and
+//! `storage.findings_retention` (the engine reads it at each retention sweep).
 //!
 //! Order matters, because observations name their watch by index: the new watch table goes to
 //! the engine first, as a message on the engine's own path, and only once the engine has taken
@@ -8,8 +9,8 @@
 //! indices. Watches keep their index by name (see `correlate::engine::reconfigure`), so what
 //! was normalized before the switch is judged by the same watch, or dropped if it is gone.
 //!
-//! Everything else (listeners, storage, cluster, TLS, tokens, identity, limits...) needs a
-//! restart: reported by name, not applied. An invalid file changes nothing.
+//! Everything else (listeners, the storage directory, cluster, TLS, tokens, identity, limits...)
+//! needs a restart: reported by name, not applied. An invalid file changes nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ impl ConfigSource {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
     pub watches: WatchChanges,
+    /// Settings besides the watches that changed and were applied live, by key.
+    pub applied: Vec<&'static str>,
     /// Settings that differ from the running ones and take effect only at the next start.
     pub needs_restart: Vec<&'static str>,
 }
@@ -141,18 +144,24 @@ impl Reloader {
         let slots = layout(&mut names, &new.watches)?;
         let watches = self
             .engine
-            .send(slots.clone(), ENGINE_WAIT)
+            .send(slots.clone(), new.findings_retention, ENGINE_WAIT)
             .await
             .map_err(ReloadError::Engine)?;
         let refs: Vec<Option<&Watch>> = slots.iter().map(Option::as_ref).collect();
         self.extractor
             .replace(Extractor::with_watches(&running.config, &refs));
         let needs_restart = needs_restart(&running.config, &new);
+        let mut applied = Vec::new();
+        if new.findings_retention != running.config.findings_retention {
+            applied.push("storage.findings_retention");
+        }
         running.slots = names;
         running.config.watches = new.watches;
         running.config.default_watches = new.default_watches;
+        running.config.findings_retention = new.findings_retention;
         Ok(ReloadReport {
             watches,
+            applied,
             needs_restart,
         })
     }
@@ -178,7 +187,7 @@ pub fn layout(
     Ok(slots)
 }
 
-/// The settings (other than the watches) that differ, by config section or key.
+/// The settings (other than those a reload applies) that differ, by config section or key.
 pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     // Debug forms compare every field of settings types that have no `PartialEq` (some hold
     // secrets and are never printed); this runs once per reload.

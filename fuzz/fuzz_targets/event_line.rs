@@ -2,11 +2,11 @@
 #![no_main]
 
 use crosstalk::config::Config;
-use crosstalk::normalize::Extractor;
+use crosstalk::normalize::{Extractor, Tally};
 use crosstalk::normalize::events::observe_event_line;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let ex = Extractor::new(&Config::default_config());
-    let _ = observe_event_line(data, &ex, 1);
+    let _ = observe_event_line(data, &ex, 1, &mut Tally::default());
 });

@@ -37,13 +37,15 @@ pub struct Limits {
     /// Distinct values per metric label fed by client data (`service`); the rest are
     /// exported as `__other__`.
     pub max_label_values: usize,
-    /// A request head (HTTP/1) must arrive within this long of its first byte.
+    /// A request head (HTTP/1) must arrive within this long of its first byte; on HTTP/2, a
+    /// connection's first request (gRPC: counted from the accept).
     #[serde(deserialize_with = "raw::duration")]
     pub header_timeout: Duration,
     /// A connection with no request in flight and nothing read for this long is closed.
     #[serde(deserialize_with = "raw::duration")]
     pub idle_timeout: Duration,
-    /// A request body must arrive whole within this long (408 otherwise).
+    /// A request body must arrive whole within this long (408 otherwise; gRPC:
+    /// `DEADLINE_EXCEEDED`).
     #[serde(deserialize_with = "raw::duration")]
     pub body_timeout: Duration,
     /// Open connections per listener, before the clamp below the file-descriptor limit.

@@ -399,13 +399,14 @@ fn feed_value(value: Value, t: &mut Target<'_>) -> Result<(), String> {
     } else if value.get("resourceMetrics").is_some() {
         return Ok(());
     } else {
-        let obs = observe_event_value(&value, extractor, received.wall_ns).map_err(|r| {
-            format!(
-                "unusable event ({}): {}; {EXPECTED}",
-                r.reason.as_str(),
-                r.message
-            )
-        })?;
+        let obs =
+            observe_event_value(&value, extractor, received.wall_ns, &mut tally).map_err(|r| {
+                format!(
+                    "unusable event ({}): {}; {EXPECTED}",
+                    r.reason.as_str(),
+                    r.message
+                )
+            })?;
         vec![obs]
     };
     if let Some(message) = tally.error_message() {

@@ -3,6 +3,9 @@
 //! Canonical fields are found through the configured [`EventFields`](crate::config::EventFields)
 //! mapping: a key as written (keys may contain dots, like `service.name`), else a dotted path
 //! into nested objects. A line that cannot be used is a [`Rejection`] with a reason, never a panic.
+//! A line used without one of its values (a watched id, tenant or connection user that is `""`,
+//! a bool, an array or an object) says so in the [`Tally`], as OTLP attributes do; JSON `null`
+//! reads as absent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +15,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{
-    Delivery, Extractor, Observation, RejectReason, Resource, Signal, SpanId, TraceId, WatchedId,
-    origin_attribute, origin_value,
+    Delivery, Extractor, Observation, RejectReason, Resource, Signal, SpanId, Tally, TraceId,
+    UnusableValue, WatchedId, origin_attribute, origin_value,
 };
 
 /// Why one event could not be used.
@@ -51,11 +54,42 @@ fn as_id(value: &Value) -> Option<String> {
     }
 }
 
-/// Parse one line. `line` excludes the newline.
+/// Whether a present field names nothing: `Some(true)` for `""`, `Some(false)` for a bool,
+/// array or object; `None` for a usable value, `null` or no field.
+fn names_nothing(value: Option<&Value>) -> Option<bool> {
+    match value? {
+        Value::String(s) => s.is_empty().then_some(true),
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) => Some(false),
+        Value::Null | Value::Number(_) => None,
+    }
+}
+
+/// Count in `tally` the values of a used event that name nothing: its watched ids, its tenant
+/// and its connection's user and tenant (its own user is required: without one the line is
+/// rejected as `missing_user`).
+fn count_unusable(obj: &Map<String, Value>, ex: &Extractor, tally: &mut Tally) {
+    use UnusableValue::*;
+    let f = &ex.event_fields;
+    let fields = [
+        (f.tenant.as_str(), TenantEmpty, TenantNotString),
+        (f.connection_user.as_str(), UserEmpty, UserNotString),
+        (f.connection_tenant.as_str(), TenantEmpty, TenantNotString),
+    ];
+    let watched = (ex.watch_keys()).map(|(key, _)| (key, InstanceEmpty, InstanceNotString));
+    for (path, if_empty, if_not_string) in fields.into_iter().chain(watched) {
+        if let Some(empty) = names_nothing(lookup(obj, path)) {
+            tally.unusable(if empty { if_empty } else { if_not_string }, path);
+        }
+    }
+}
+
+/// Parse one line. `line` excludes the newline. The values a used line could not use are
+/// counted in `tally` (nothing is, for a rejected line).
 pub fn observe_event_line(
     line: &[u8],
     ex: &Extractor,
     received_ns: u64,
+    tally: &mut Tally,
 ) -> Result<Observation, Rejection> {
     if line.len() > ex.max_line_bytes {
         return Err(reject(
@@ -67,14 +101,15 @@ pub fn observe_event_line(
         .map_err(|e| reject(RejectReason::InvalidUtf8, format!("invalid UTF-8: {e}")))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| reject(RejectReason::InvalidJson, format!("invalid JSON: {e}")))?;
-    observe_event_value(&value, ex, received_ns)
+    observe_event_value(&value, ex, received_ns, tally)
 }
 
-/// Use one already-parsed event.
+/// Use one already-parsed event; see [`observe_event_line`].
 pub fn observe_event_value(
     value: &Value,
     ex: &Extractor,
     received_ns: u64,
+    tally: &mut Tally,
 ) -> Result<Observation, Rejection> {
     let obj = value
         .as_object()
@@ -145,6 +180,8 @@ pub fn observe_event_value(
     let span_id = lookup(obj, &f.span_id)
         .and_then(Value::as_str)
         .and_then(SpanId::from_hex);
+    let tenant = id(&f.tenant)?;
+    count_unusable(obj, ex, tally);
     Ok(Observation {
         signal: Signal::Event,
         start_ns: time_ns,
@@ -153,7 +190,7 @@ pub fn observe_event_value(
         span_id,
         resource: Arc::new(Resource::from_identity(identity, None, None)),
         user: Some(user),
-        tenant: id(&f.tenant)?,
+        tenant,
         watched,
         delivery: delivery
             .connection_user
@@ -204,7 +241,7 @@ mod tests {
     #[test]
     fn canonical_line_with_foreign_connection_is_a_delivery() {
         let line = br#"{"time":"2026-01-02T03:04:05.5Z","event":"agent_thinking","user_id":"alice","connection_id":"c9","connection_user_id":"bob","emitter_id":"e1","emitter_id.origin":"app.ws:make_emitter:12","service.name":"api","run_id":"r1"}"#;
-        let obs = observe_event_line(line, &extractor(""), 0).unwrap();
+        let obs = observe_event_line(line, &extractor(""), 0, &mut Tally::default()).unwrap();
         assert_eq!(obs.user.as_deref(), Some("alice"));
         let d = obs.delivery.as_ref().unwrap();
         assert_eq!(d.connection_user.as_deref(), Some("bob"));
@@ -226,7 +263,7 @@ mod tests {
     fn epoch_seconds_and_remapped_nested_fields() {
         let ex = extractor("[events.fields]\nuser=\"payload.user_id\"\n");
         let line = br#"{"time": 1700000000.25, "payload": {"user_id": 7}}"#;
-        let obs = observe_event_line(line, &ex, 0).unwrap();
+        let obs = observe_event_line(line, &ex, 0, &mut Tally::default()).unwrap();
         assert_eq!(obs.user.as_deref(), Some("7"));
         assert_eq!(obs.start_ns, 1_700_000_000_250_000_000);
         assert!(obs.delivery.is_none());
@@ -247,12 +284,52 @@ mod tests {
             (b"{\"user_id\":\"\xff\"}", RejectReason::InvalidUtf8),
         ];
         for (line, reason) in cases {
-            let err = observe_event_line(line, &ex, 0).unwrap_err();
+            let err = observe_event_line(line, &ex, 0, &mut Tally::default()).unwrap_err();
             assert_eq!(err.reason, *reason, "{}", String::from_utf8_lossy(line));
         }
         let long = format!("{{\"user_id\":\"{}\"}}", "a".repeat(300));
-        let err = observe_event_line(long.as_bytes(), &ex, 0).unwrap_err();
+        let err = observe_event_line(long.as_bytes(), &ex, 0, &mut Tally::default()).unwrap_err();
         assert_eq!(err.reason, RejectReason::IdTooLong);
+    }
+
+    #[test]
+    fn values_naming_nothing_are_counted_and_the_line_still_used() {
+        use UnusableValue::*;
+        let ex = extractor("");
+        let cases: &[(&str, &[UnusableValue])] = &[
+            (r#"{"user_id":"a","emitter_id":""}"#, &[InstanceEmpty]),
+            (r#"{"user_id":"a","emitter_id":true}"#, &[InstanceNotString]),
+            (
+                r#"{"user_id":"a","emitter_id":{"id":"e"}}"#,
+                &[InstanceNotString],
+            ),
+            (r#"{"user_id":"a","tenant_id":""}"#, &[TenantEmpty]),
+            (r#"{"user_id":"a","tenant_id":[1]}"#, &[TenantNotString]),
+            (r#"{"user_id":"a","connection_user_id":""}"#, &[UserEmpty]),
+            (
+                r#"{"user_id":"a","connection_user_id":false}"#,
+                &[UserNotString],
+            ),
+            (
+                r#"{"user_id":"a","connection_tenant_id":""}"#,
+                &[TenantEmpty],
+            ),
+            // Absent, null and numbers are not unusable values.
+            (r#"{"user_id":"a","emitter_id":null,"tenant_id":7}"#, &[]),
+            (r#"{"user_id":"a","emitter_id":"e1"}"#, &[]),
+        ];
+        for (line, want) in cases {
+            let mut tally = Tally::default();
+            let obs = observe_event_line(line.as_bytes(), &ex, 0, &mut tally).unwrap();
+            assert_eq!(obs.user.as_deref(), Some("a"), "{line}");
+            let got: Vec<UnusableValue> = tally.unusable.keys().copied().collect();
+            assert_eq!(got, *want, "{line}");
+        }
+        // A rejected line counts its rejection only.
+        let mut tally = Tally::default();
+        let line = br#"{"user_id":"","emitter_id":""}"#;
+        assert!(observe_event_line(line, &ex, 0, &mut tally).is_err());
+        assert!(tally.unusable.is_empty());
     }
 
     proptest::proptest! {
@@ -260,7 +337,7 @@ mod tests {
         #[test]
         fn any_line_is_used_or_rejected(line in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let ex = extractor("");
-            let _ = observe_event_line(&line, &ex, 0);
+            let _ = observe_event_line(&line, &ex, 0, &mut Tally::default());
         }
 
         /// Lines that look like events, with hostile values in every canonical field.
@@ -272,7 +349,7 @@ mod tests {
             let a = serde_json::json!({"user_id": user, "connection_user_id": conn, "time": time, "emitter_id": conn});
             let b = serde_json::json!({"user_id": user, "time": text_time, "payload": {"user_id": [user]}});
             for v in [a, b] {
-                if let Ok(obs) = observe_event_value(&v, &ex, 0) {
+                if let Ok(obs) = observe_event_value(&v, &ex, 0, &mut Tally::default()) {
                     proptest::prop_assert!(obs.user.as_deref().is_some_and(|u| u.len() <= ex.max_id_bytes && !crate::normalize::has_control_chars(u)));
                 }
             }

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 
 use super::{
     AttributeScan, Delivery, Extractor, Observation, RejectReason, Resource, Signal, SpanId, Tally,
-    TraceId,
+    TraceId, UnusableValue,
 };
 
 /// An attribute value as an id string: strings as they are, integers in decimal, bytes in hex.
@@ -30,14 +30,19 @@ pub fn value_as_id(value: &Option<AnyValue>) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The process identity and resource-level user/tenant of an OTLP resource.
-pub fn resource_of(resource: Option<&ProtoResource>, ex: &Extractor) -> Arc<Resource> {
+/// The process identity and resource-level user/tenant of an OTLP resource; a user or tenant
+/// attribute whose value names nothing is counted in `tally`, once per resource.
+pub fn resource_of(
+    resource: Option<&ProtoResource>,
+    ex: &Extractor,
+    tally: &mut Tally,
+) -> Arc<Resource> {
     let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
     let mut builder = ResourceBuilder::default();
     for kv in attrs.iter().take(ex.max_attributes) {
         builder.offer(ex, &kv.key, value_as_id(&kv.value).as_deref());
     }
-    builder.finish()
+    builder.finish(tally)
 }
 
 /// [`resource_of`] one attribute at a time, so that the zero-copy reader
@@ -66,7 +71,18 @@ impl ResourceBuilder {
         self.scan.offer(ex, key, value);
     }
 
-    pub fn finish(mut self) -> Arc<Resource> {
+    /// The resource. A user or tenant attribute whose value names nothing (`""`, bool, double,
+    /// array, map, unset) is counted in `tally` once per resource, as on a span: only when no
+    /// other resource attribute named the user (tenant). Watched attributes of a resource are
+    /// not read, so neither are they counted.
+    pub fn finish(mut self, tally: &mut Tally) -> Arc<Resource> {
+        (self.scan.unusable).retain(|(kind, _)| {
+            !matches!(
+                kind,
+                UnusableValue::InstanceEmpty | UnusableValue::InstanceNotString
+            )
+        });
+        self.scan.count_unusable(tally);
         if !self.identity.contains_key("service.instance.id") {
             self.identity.extend(self.fallback);
         }
@@ -120,7 +136,7 @@ pub fn observe_traces(
 ) -> Vec<Observation> {
     let mut out = Vec::new();
     for rs in &request.resource_spans {
-        let resource = resource_of(rs.resource.as_ref(), ex);
+        let resource = resource_of(rs.resource.as_ref(), ex, tally);
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 let mut scan = AttributeScan::default();
@@ -214,7 +230,7 @@ pub fn observe_logs(
     let fields = &ex.event_fields;
     let mut out = Vec::new();
     for rl in &request.resource_logs {
-        let resource = resource_of(rl.resource.as_ref(), ex);
+        let resource = resource_of(rl.resource.as_ref(), ex, tally);
         for sl in &rl.scope_logs {
             for record in &sl.log_records {
                 tally.items += 1;
@@ -431,7 +447,7 @@ pub(crate) mod tests {
             ],
             ..Default::default()
         };
-        let r = resource_of(Some(&res), &ex);
+        let r = resource_of(Some(&res), &ex, &mut Tally::default());
         assert_eq!(r.scope_key, "host.name=h1|process.pid=42|service.name=api");
     }
 

@@ -449,7 +449,7 @@ impl Walk<'_> {
                 _ => first.check(Msg::ResourceSpans, tag, wt, ctx)?,
             }
         }
-        let resource = builder.finish();
+        let resource = builder.finish(&mut self.tally);
         let mut second = r;
         while let Some((tag, wt)) = second.key()? {
             if tag == 2 {

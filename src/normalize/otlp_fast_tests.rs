@@ -132,6 +132,46 @@ fn error_leaves_the_tally_untouched() {
 }
 
 #[test]
+fn resource_user_and_tenant_naming_nothing_are_counted_once_per_resource_like_prost() {
+    use crate::normalize::UnusableValue::{self, *};
+    let ex = extractor();
+    let cases: Vec<(Vec<KeyValue>, &[UnusableValue])> = vec![
+        (vec![kv("user.id", s(""))], &[UserEmpty]),
+        (
+            vec![kv("user.id", Value::BoolValue(true))],
+            &[UserNotString],
+        ),
+        (
+            vec![kv("user.id", Value::DoubleValue(1.5))],
+            &[UserNotString],
+        ),
+        (vec![kv("tenant.id", s(""))], &[TenantEmpty]),
+        (
+            vec![kv("org.id", Value::BoolValue(false))],
+            &[TenantNotString],
+        ),
+        // Another resource attribute names the user: nothing lost, nothing counted.
+        (vec![kv("user.id", s("")), kv("enduser.id", s("bob"))], &[]),
+        // Watched attributes of a resource are not read.
+        (vec![kv("agent_factory.instance_id", s(""))], &[]),
+    ];
+    for (resource, want) in cases {
+        let mut spans = vec![user_span(), user_span()];
+        spans[1].span_id = vec![3; 8];
+        let req = crate::normalize::otlp::tests::request(resource.clone(), spans);
+        let bytes = req.encode_to_vec();
+        let (obs, tally) = fast(&bytes, &ex).expect("valid");
+        assert_eq!(obs.len(), 2, "{resource:?}: the spans are kept");
+        let got: Vec<(UnusableValue, u64)> = (tally.unusable.iter())
+            .map(|(kind, (n, _))| (*kind, *n))
+            .collect();
+        let want: Vec<(UnusableValue, u64)> = want.iter().map(|k| (*k, 1)).collect();
+        assert_eq!(got, want, "{resource:?}");
+        agree(&bytes).unwrap();
+    }
+}
+
+#[test]
 fn resource_after_the_spans_and_a_second_resource_are_merged_like_prost() {
     let rs = |attrs| {
         ResourceSpans {

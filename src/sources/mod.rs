@@ -83,26 +83,7 @@ impl IngestContext {
     /// Count a payload's per-item rejections under `source`, its unusable attribute values and
     /// its corrected span times.
     pub fn count_rejections(&self, source: &str, tally: &Tally) {
-        for (reason, n) in &tally.rejected {
-            Rejected {
-                source,
-                reason: reason.as_str(),
-                n: *n,
-            }
-            .emit(&self.metrics);
-        }
-        for (&reason, &n) in &tally.clamped {
-            SpanTimesClamped { reason, n }.emit(&self.metrics);
-        }
-        for (&kind, (n, attribute)) in &tally.unusable {
-            ValuesUnusable {
-                source,
-                kind,
-                attribute,
-                n: *n,
-            }
-            .emit(&self.metrics);
-        }
+        count_tally(&self.metrics, source, tally);
     }
 
     /// Enqueue without waiting for room, then wait until the batch is durable.
@@ -134,5 +115,30 @@ impl IngestContext {
             Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::Stopped),
         }
+    }
+}
+
+/// Count a payload's per-item rejections under `source`, its unusable attribute values and its
+/// corrected span times (for every source, networked or not).
+pub fn count_tally(metrics: &Metrics, source: &str, tally: &Tally) {
+    for (reason, n) in &tally.rejected {
+        Rejected {
+            source,
+            reason: reason.as_str(),
+            n: *n,
+        }
+        .emit(metrics);
+    }
+    for (&reason, &n) in &tally.clamped {
+        SpanTimesClamped { reason, n }.emit(metrics);
+    }
+    for (&kind, (n, attribute)) in &tally.unusable {
+        ValuesUnusable {
+            source,
+            kind,
+            attribute,
+            n: *n,
+        }
+        .emit(metrics);
     }
 }

@@ -186,7 +186,8 @@ impl ConfigReloaded<'_> {
                 let w = &r.watches;
                 tracing::info!(
                     by = self.reason, added = ?w.added, removed = ?w.removed,
-                    changed = ?w.changed, reset = ?w.reset, needs_restart = ?r.needs_restart,
+                    changed = ?w.changed, reset = ?w.reset, applied = ?r.applied,
+                    needs_restart = ?r.needs_restart,
                     "config reloaded"
                 );
                 if !r.needs_restart.is_empty() {

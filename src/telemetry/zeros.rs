@@ -13,7 +13,7 @@ use crate::normalize::{RejectReason, UnusableValue};
 
 /// How a request may be refused on its way to the ingest queue, by any network source.
 const SUBMIT_REASONS: [&str; 3] = ["queue_full", "shutting_down", "store_error"];
-/// How a listener refuses or cuts a connection (`connections`); gRPC heads are tonic's.
+/// How a listener refuses or cuts a connection (`connections`; on gRPC, a first request late).
 const CONNECTION_REASONS: [&str; 2] = ["too_many_connections", "header_timeout"];
 /// How an HTTP body may be refused (`sources::body::BodyError::reason`).
 const BODY_REASONS: [&str; 6] = [
@@ -61,7 +61,9 @@ impl Metrics {
             .iter()
             .map(|r| r.as_str())
             .chain(UnusableValue::ALL.iter().map(|r| r.as_str()));
-        let event_items: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        let event_items: Vec<&str> = (RejectReason::ALL.iter().map(|r| r.as_str()))
+            .chain(UnusableValue::ALL.iter().map(|r| r.as_str()))
+            .collect();
         let auth = token.then_some("unauthorized");
         let otlp_http = (OTLP_HTTP_REASONS.iter().copied())
             .chain(BODY_REASONS)
@@ -72,7 +74,8 @@ impl Metrics {
         self.zero_rejected("otlp_http", otlp_http);
         let otlp_grpc = (SUBMIT_REASONS.iter().copied())
             .chain(auth)
-            .chain(["too_many_connections"])
+            .chain(CONNECTION_REASONS)
+            .chain(["body_timeout"])
             .chain(otlp_items);
         self.zero_rejected("otlp_grpc", otlp_grpc);
         self.zero_rejected("admin", CONNECTION_REASONS.into_iter());

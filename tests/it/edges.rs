@@ -130,6 +130,126 @@ fn unusable_user_and_instance_values_are_counted_not_silently_dropped() {
     assert_eq!(rejected("instance_not_string"), 0.0, "{text}");
 }
 
+#[test]
+fn resource_user_and_tenant_values_naming_nothing_are_counted_and_the_spans_kept() {
+    let s = Server::start(FACTORY_WATCH);
+    let resources: Vec<Vec<KeyValue>> = vec![
+        vec![kv("service.name", "svc"), kv("user.id", "")],
+        vec![
+            kv("service.name", "svc"),
+            keyed("user.id", any(Value::BoolValue(true))),
+        ],
+        vec![kv("service.name", "svc"), kv("tenant.id", "")],
+        vec![
+            kv("service.name", "svc"),
+            keyed("tenant.id", any(Value::DoubleValue(2.5))),
+        ],
+    ];
+    let resource_spans: Vec<ResourceSpans> = (resources.into_iter().enumerate())
+        .map(|(i, attributes)| {
+            let mut one = factory_use("alice", "f", 10 + i as u128);
+            let mut rs = one.resource_spans.remove(0);
+            rs.resource.as_mut().unwrap().attributes = attributes;
+            rs
+        })
+        .collect();
+    let request = ExportTraceServiceRequest { resource_spans };
+    // Both decoders: protobuf (zero-copy reader) and OTLP JSON (prost types).
+    let r = s.post_traces(&request);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let json = serde_json::to_vec(&request).unwrap();
+    let r = s.post("/v1/traces", "application/json", &json);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("rejected"), "{}", r.text());
+    let text = s.metrics();
+    let rejected = |reason: &str| {
+        metric_value(
+            &text,
+            &format!(r#"crosstalk_rejected_total{{source="otlp_http",reason="{reason}"}}"#),
+        )
+    };
+    for reason in [
+        "user_empty",
+        "user_not_string",
+        "tenant_empty",
+        "tenant_not_string",
+    ] {
+        assert_eq!(
+            rejected(reason),
+            2.0,
+            "{reason}: once per resource per request\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"crosstalk_received_total{signal="traces",transport="http"}"#
+        ),
+        8.0,
+        "every span kept"
+    );
+}
+
+#[test]
+fn event_values_naming_nothing_are_counted_and_the_line_still_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ws-events.jsonl");
+    std::fs::write(&log, "").unwrap();
+    let watch = "[[watch]]\nname = \"emitter\"\nattribute = \"emitter_id\"\n";
+    let s = Server::start_in(
+        dir.path(),
+        &format!(
+            "[events]\nfiles = [\"{}\"]\npoll_interval = \"20ms\"\n{watch}",
+            log.display()
+        ),
+    );
+    let body = concat!(
+        r#"{"user_id":"alice","emitter_id":"","tenant_id":true}"#,
+        "\n",
+        r#"{"user_id":"bob","emitter_id":"e1","connection_id":"c","connection_user_id":""}"#,
+        "\n",
+    );
+    let r = s.post("/v1/events", "application/x-ndjson", body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["accepted"].as_u64(), r.json()["rejected"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"user_id\":\"carol\",\"emitter_id\":\"\"}\n").unwrap();
+    // Counted before the line is committed, so by the time it is received.
+    let from_file = r#"crosstalk_received_total{signal="events",transport="file"}"#;
+    let counted = s.wait_for(std::time::Duration::from_secs(10), |s| {
+        (s.metric(from_file) >= 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "{}", s.metrics());
+    let text = s.metrics();
+    let rejected = |source: &str, reason: &str| {
+        metric_value(
+            &text,
+            &format!(r#"crosstalk_rejected_total{{source="{source}",reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(rejected("events_http", "instance_empty"), 1.0, "{text}");
+    assert_eq!(rejected("events_http", "tenant_not_string"), 1.0, "{text}");
+    assert_eq!(rejected("events_http", "user_empty"), 1.0, "{text}");
+    assert_eq!(rejected("events_file", "instance_empty"), 1.0, "{text}");
+    for (transport, n) in [("http", 2.0), ("file", 1.0)] {
+        let received =
+            format!(r#"crosstalk_received_total{{signal="events",transport="{transport}"}}"#);
+        assert_eq!(
+            metric_value(&text, &received),
+            n,
+            "{transport}: the lines were used"
+        );
+    }
+    assert_eq!(
+        metric_value(&text, r#"crosstalk_tracked_instances{watch="emitter"}"#),
+        1.0,
+        "e1 is watched; no instance named \"\""
+    );
+}
+
 /// Distinct `service` label values on a page.
 fn services_on(text: &str) -> BTreeSet<String> {
     text.lines()

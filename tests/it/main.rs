@@ -13,6 +13,7 @@ mod edges;
 mod events;
 mod evidence;
 mod gate;
+mod grpc_edges;
 mod grpc_raw;
 mod hostile;
 mod kit;

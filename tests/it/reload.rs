@@ -1,7 +1,8 @@
 //! Reload without a restart, on the real binary: SIGHUP with a changed file adds a watch that
 //! then finds a leak while the old finding is still listed; an invalid file (SIGHUP or
 //! `POST /api/v1/reload`) is refused with its reason and the old watches keep detecting;
-//! settings that need a restart are named and not applied; the reload endpoint needs the token.
+//! settings that need a restart are named and not applied, `storage.findings_retention` is
+//! applied; the reload endpoint needs the token.
 
 use std::process::Command;
 use std::time::Duration;
@@ -112,6 +113,36 @@ fn an_invalid_file_is_refused_with_its_reason_and_the_old_watches_still_detect()
     s.post_traces(&factory_use("bob", "f", 2));
     assert_eq!(s.findings().len(), 1, "the old watches still detect");
     assert_eq!(reloads(&s, "ok"), 0.0);
+}
+
+#[test]
+fn a_reload_applies_a_shorter_findings_retention_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_in(dir.path(), FACTORY_WATCH);
+    s.post_traces(&factory_use("alice", "f", 1));
+    s.post_traces(&factory_use("bob", "f", 2));
+    assert_eq!(s.findings().len(), 1);
+
+    let text = config_text(dir.path(), FACTORY_WATCH)
+        .replace("[storage]\n", "[storage]\nfindings_retention = \"1s\"\n");
+    std::fs::write(dir.path().join("crosstalk.toml"), text).unwrap();
+    let r = post(&s.admin_url("/api/v1/reload"), &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(
+        report["applied"],
+        serde_json::json!(["storage.findings_retention"]),
+        "{report:#}"
+    );
+    assert_eq!(report["needs_restart"], serde_json::json!([]), "{report:#}");
+    // Quiet for longer than the new retention: gone at the next sweep (every 10 s).
+    let gone = s.wait_for(Duration::from_secs(20), |s| {
+        s.findings().is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the finding outlived the reloaded retention"
+    );
 }
 
 #[test]

@@ -22,8 +22,8 @@ use clap::Parser;
 use crosstalk::config::Config;
 use crosstalk::correlate::FindingKind;
 use crosstalk::correlate::finding::finding_id;
-use crosstalk::normalize::Extractor;
 use crosstalk::normalize::otlp::resource_of;
+use crosstalk::normalize::{Extractor, Tally};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -543,7 +543,7 @@ fn probe_detection(
         99,
     );
     let ex = Extractor::new(&Config::default_config());
-    let scope_key = resource_of(Some(&generator.resource()), &ex)
+    let scope_key = resource_of(Some(&generator.resource()), &ex, &mut Tally::default())
         .scope_key
         .clone();
     let send = |generator: &mut Generator, otlp: &mut HttpConn, user: u64, factory: &str| {

@@ -45,6 +45,12 @@ impl Engine {
         changes
     }
 
+    /// Keep findings for `retention` from now on (`storage.findings_retention`): the next
+    /// retention sweep reads it, so a shorter one deletes what it no longer keeps there.
+    pub fn set_findings_retention(&mut self, retention: std::time::Duration) {
+        self.findings_retention_ns = u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX);
+    }
+
     /// The bindings `slots` would forget, for the store to delete before the engine takes them.
     pub fn forgotten_by(&self, slots: &[Option<Watch>]) -> Vec<EvictedInstance> {
         let (_, forget) = self.compare(slots);

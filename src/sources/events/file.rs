@@ -19,10 +19,11 @@ use super::lines::{Cut, LineCutter, numbered};
 use crate::config::StartAt;
 use crate::correlate::Received;
 use crate::normalize::events::observe_event_line;
+use crate::normalize::{RejectReason, Tally};
 use crate::pipeline::{Batch, IngestHandle};
 use crate::reload::SharedExtractor;
+use crate::sources::count_tally;
 use crate::store::FileCheckpoint;
-use crate::telemetry::events::Rejected;
 use crate::telemetry::metrics::Metrics;
 
 const SOURCE: &str = "events_file";
@@ -156,27 +157,21 @@ impl Tailer {
         }
         let received = Received::now();
         let mut observations = Vec::with_capacity(cut.lines.len());
-        let mut accepted = 0u64;
+        let mut tally = Tally::default();
         for (_, text) in numbered(cut.lines.iter().map(Vec::as_slice)) {
-            match observe_event_line(text, &extractor, received.wall_ns) {
-                Ok(obs) => {
-                    accepted += 1;
-                    observations.push(obs);
-                }
-                Err(r) => Rejected {
-                    source: SOURCE,
-                    reason: r.reason.as_str(),
-                    n: 1,
-                }
-                .emit(&self.metrics),
+            tally.items += 1;
+            match observe_event_line(text, &extractor, received.wall_ns, &mut tally) {
+                Ok(obs) => observations.push(obs),
+                Err(r) => tally.reject(r.reason, || r.message),
             }
         }
-        Rejected {
-            source: SOURCE,
-            reason: "line_too_long",
-            n: cut.too_long,
+        // Skipped as they were read: items too, each rejected.
+        if cut.too_long > 0 {
+            tally.items += cut.too_long;
+            *tally.rejected.entry(RejectReason::LineTooLong).or_default() += cut.too_long;
         }
-        .emit(&self.metrics);
+        let accepted = tally.accepted();
+        count_tally(&self.metrics, SOURCE, &tally);
         if cut.consumed > 0 {
             let checkpoint = FileCheckpoint {
                 path: self.path.to_string_lossy().into_owned(),

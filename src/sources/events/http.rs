@@ -126,7 +126,8 @@ fn parse(body: &Bytes, array: bool, ex: &Extractor, now_ns: u64) -> Result<Parse
     let mut parsed = Parsed::default();
     if !array {
         for (line, text) in numbered(body.split(|b| *b == b'\n')) {
-            parsed.note(line, observe_event_line(text, ex, now_ns));
+            let result = observe_event_line(text, ex, now_ns, &mut parsed.tally);
+            parsed.note(line, result);
         }
         return Ok(parsed);
     }
@@ -137,7 +138,8 @@ fn parse(body: &Bytes, array: bool, ex: &Extractor, now_ns: u64) -> Result<Parse
         Err(e) => return Err(format!("invalid JSON: {e}")),
     };
     for (i, v) in values.iter().enumerate() {
-        parsed.note(i + 1, observe_event_value(v, ex, now_ns));
+        let result = observe_event_value(v, ex, now_ns, &mut parsed.tally);
+        parsed.note(i + 1, result);
     }
     Ok(parsed)
 }

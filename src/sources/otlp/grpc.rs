@@ -2,7 +2,8 @@
 //! `MetricsService/Export` accepted and discarded (counted).
 //!
 //! A full ingest queue answers `UNAVAILABLE` with a `RetryInfo` detail, which OTLP exporters
-//! treat as retryable after the given delay.
+//! treat as retryable after the given delay. A message that does not arrive whole within
+//! `limits.body_timeout` is answered `DEADLINE_EXCEEDED` ([`super::grpc_bounds`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::grpc_bounds::RequestBounds;
 use super::raw_grpc::RawTraceServer;
 use super::{Answer, admit, answer};
 use crate::correlate::Received;
@@ -177,6 +179,7 @@ pub async fn serve(
     let max = service.ctx.limits.max_decompressed_bytes;
     let token = service.ctx.token.clone();
     let metrics = service.ctx.metrics.clone();
+    let requests = RequestBounds::new(service.ctx.limits.body_timeout, metrics.clone(), SOURCE);
     let check = move |request: Request<()>| -> Result<Request<()>, Status> {
         let Some(token) = &token else {
             return Ok(request);
@@ -198,18 +201,21 @@ pub async fn serve(
         }
     };
     let traces = RawTraceServer::new(service.clone(), max);
-    let traces = InterceptedService::new(traces, check.clone());
+    let traces = requests.around(InterceptedService::new(traces, check.clone()));
     let logs = LogsServiceServer::new(service.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    let logs = InterceptedService::new(logs, check.clone());
+    let logs = requests.around(InterceptedService::new(logs, check.clone()));
     let metrics = MetricsServiceServer::new(service)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    let metrics = InterceptedService::new(metrics, check);
+    let metrics = requests.around(InterceptedService::new(metrics, check));
     // HTTP/2 pings find dead peers: one unanswered within header_timeout closes the connection.
+    // A connection's first request must start within header_timeout of its accept (the
+    // listener's connections see to it), and each message must arrive whole within
+    // body_timeout (`RequestBounds`).
     let mut server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(bounds.idle_timeout))
         .http2_keepalive_timeout(Some(bounds.header_timeout));

@@ -6,6 +6,7 @@
 //! builds the signal's response with `partial_success` set only when some item was rejected.
 
 pub mod grpc;
+mod grpc_bounds;
 pub mod http;
 mod raw_grpc;
 
