@@ -3,6 +3,7 @@
 mod util;
 
 mod alerting;
+mod allocations;
 mod cli;
 mod cluster;
 mod dashboards;

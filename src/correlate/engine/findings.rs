@@ -135,7 +135,7 @@ impl Engine {
             kind: FindingKind::SharedInstance,
             watch: &watch.name,
             scope_key: &self.scopes[s.key.scope as usize].scope_key,
-            instance: &s.key.id,
+            instance: s.key.id,
             scope: resource.identity.clone(),
             service: resource.service(),
             policy: watch.policy.as_str(),

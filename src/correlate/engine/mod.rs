@@ -39,6 +39,44 @@ struct InstanceKey {
     id: Box<str>,
 }
 
+/// An [`InstanceKey`] borrowed from the observation: looking up a known instance copies
+/// nothing. Hashes as the owned key does (same fields, same order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct InstanceRef<'a> {
+    watch: u16,
+    scope: u32,
+    id: &'a str,
+}
+
+impl InstanceKey {
+    fn as_ref(&self) -> InstanceRef<'_> {
+        InstanceRef {
+            watch: self.watch,
+            scope: self.scope,
+            id: &self.id,
+        }
+    }
+}
+
+impl InstanceRef<'_> {
+    fn owned(self) -> InstanceKey {
+        InstanceKey {
+            watch: self.watch,
+            scope: self.scope,
+            id: self.id.into(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<InstanceKey> for InstanceRef<'_> {
+    fn equivalent(&self, key: &InstanceKey) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+/// Tracked instances. hashbrown's rather than std's map, to look them up by [`InstanceRef`].
+type InstanceMap = hashbrown::HashMap<InstanceKey, InstanceState, foldhash::fast::RandomState>;
+
 /// One principal's use of an instance.
 #[derive(Debug, Clone)]
 struct Use {
@@ -120,7 +158,9 @@ pub struct Engine {
     max_instances: usize,
     scopes: Vec<Arc<Resource>>,
     scope_index: FastMap<String, u32>,
-    instances: FastMap<InstanceKey, InstanceState>,
+    /// The resource whose scope was interned last, and its index.
+    last_scope: Option<(Arc<Resource>, u32)>,
+    instances: InstanceMap,
     /// Findings by id, and the instance (or connection) each one is about.
     findings: FastMap<String, FindingRecord>,
     deliveries: FastMap<(u32, Box<str>), String>,
@@ -169,7 +209,8 @@ impl Engine {
             max_instances: config.limits.max_tracked_instances,
             scopes: vec![global],
             scope_index: FastMap::from_iter([(String::new(), 0)]),
-            instances: FastMap::default(),
+            last_scope: None,
+            instances: InstanceMap::default(),
             findings: FastMap::default(),
             deliveries: FastMap::default(),
             findings_retention_ns: config.findings_retention.as_nanos() as u64,
@@ -242,7 +283,15 @@ impl Engine {
     }
 
     fn intern_scope(&mut self, resource: &Arc<Resource>, fx: &mut Effects) -> u32 {
+        // A batch's observations share their resource: one pointer comparison instead of
+        // hashing its (long) scope key again for each. Scopes are never removed.
+        if let Some((last, i)) = &self.last_scope {
+            if Arc::ptr_eq(last, resource) {
+                return *i;
+            }
+        }
         if let Some(&i) = self.scope_index.get(&resource.scope_key) {
+            self.last_scope = Some((resource.clone(), i));
             return i;
         }
         let i = self.scopes.len() as u32;
@@ -377,7 +426,8 @@ impl Engine {
         }
     }
 
-    /// Resolve the observation's user and tenant (own, trace, resource) and apply it.
+    /// Resolve the observation's user and tenant (own, trace, resource) and apply it. Both are
+    /// borrowed (a trace's are shared): a known binding allocates nothing.
     fn settle(
         &mut self,
         mut obs: Observation,
@@ -386,37 +436,37 @@ impl Engine {
         fx: &mut Effects,
     ) {
         let trace = obs.trace_id.and_then(|t| self.traces.get(&t)).cloned();
-        let user: Option<Arc<str>> = obs
-            .user
-            .as_deref()
-            .map(Arc::from)
-            .or_else(|| trace.as_ref().and_then(|t| t.user.clone()))
-            .or_else(|| obs.resource.user.as_deref().map(Arc::from));
-        let tenant: Option<Arc<str>> = obs
-            .tenant
-            .as_deref()
-            .map(Arc::from)
-            .or_else(|| trace.as_ref().and_then(|t| t.tenant.clone()))
-            .or_else(|| obs.resource.tenant.as_deref().map(Arc::from));
-        if let Some(p) = &self.pseudonyms {
-            let hide = |id: Option<Arc<str>>| id.map(|i| Arc::from(p.pseudonym(&i)));
-            let (user, tenant) = (hide(user), hide(tenant));
-            if let Some(d) = obs.delivery.as_deref_mut() {
-                d.connection_user = d.connection_user.take().map(|u| p.pseudonym(&u).into());
-                d.connection_tenant = d.connection_tenant.take().map(|t| p.pseudonym(&t).into());
-            }
-            obs.user = None;
-            obs.tenant = None;
-            return self.apply(&obs, user, tenant, received, now, fx);
+        let (trace_user, trace_tenant) =
+            (trace.as_ref()).map_or((None, None), |t| (t.user.as_deref(), t.tenant.as_deref()));
+        let user = (obs.user.as_deref())
+            .or(trace_user)
+            .or(obs.resource.user.as_deref());
+        let tenant = (obs.tenant.as_deref())
+            .or(trace_tenant)
+            .or(obs.resource.tenant.as_deref());
+        let Some(p) = &self.pseudonyms else {
+            return self.apply(&obs, (user, tenant), received, now, fx);
+        };
+        let (user, tenant) = (user.map(|u| p.pseudonym(u)), tenant.map(|t| p.pseudonym(t)));
+        if let Some(d) = obs.delivery.as_deref_mut() {
+            d.connection_user = d.connection_user.take().map(|u| p.pseudonym(&u).into());
+            d.connection_tenant = d.connection_tenant.take().map(|t| p.pseudonym(&t).into());
         }
-        self.apply(&obs, user, tenant, received, now, fx);
+        obs.user = None;
+        obs.tenant = None;
+        self.apply(
+            &obs,
+            (user.as_deref(), tenant.as_deref()),
+            received,
+            now,
+            fx,
+        );
     }
 
     fn apply(
         &mut self,
         obs: &Observation,
-        user: Option<Arc<str>>,
-        tenant: Option<Arc<str>>,
+        (user, tenant): (Option<&str>, Option<&str>),
         received: Received,
         now: Received,
         fx: &mut Effects,
@@ -442,14 +492,14 @@ impl Engine {
                 self.observe_evidence(watched.watch, obs, scope, &watched.id, None, received);
                 continue;
             }
-            let key = InstanceKey {
+            let key = InstanceRef {
                 watch: watched.watch,
                 scope,
-                id: watched.id.clone(),
+                id: &watched.id,
             };
             let principal = match boundary {
-                Boundary::User => user.as_deref(),
-                Boundary::Tenant => tenant.as_deref(),
+                Boundary::User => user,
+                Boundary::Tenant => tenant,
             };
             let principal = super::evidence::item_hash(&[principal.unwrap_or("").as_bytes()]);
             let sighting = Sighting {
@@ -457,8 +507,8 @@ impl Engine {
                 obs,
                 seed: Seed::of(obs, obs_scope),
                 origin: watched.origin.as_deref(),
-                user: user.clone().unwrap_or_else(|| Arc::from("unknown")),
-                tenant: tenant.clone(),
+                user: user.unwrap_or("unknown"),
+                tenant,
                 received,
                 now,
             };
@@ -467,10 +517,10 @@ impl Engine {
             self.observe_evidence(watched.watch, obs, scope, &watched.id, attributed, received);
         }
         if let Some(delivery) = &obs.delivery {
-            if let (Some(user), Some(conn_user)) = (&user, &delivery.connection_user) {
-                if **user != **conn_user {
+            if let (Some(user), Some(conn_user)) = (user, &delivery.connection_user) {
+                if user != &**conn_user {
                     let seed = Seed::of(obs, obs_scope);
-                    let who = (&**user, tenant.as_deref());
+                    let who = (user, tenant);
                     self.misdelivered(obs, seed, who, (received, now), fx);
                 }
             }

@@ -4,12 +4,13 @@
 //! Conflicts are judged against the uses as they were before this observation, so the order in
 //! which one principal's spans arrive never matters.
 
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
+
+use hashbrown::hash_map::EntryRef;
 
 use super::isolation::InstanceSeen;
 use super::undo::Undo;
-use super::{BindingRow, Effects, Engine, InstanceKey, InstanceState, Received, Seed, Use};
+use super::{BindingRow, Effects, Engine, InstanceRef, InstanceState, Received, Seed, Use};
 use crate::config::{Boundary, Policy, Scope};
 use crate::normalize::Observation;
 
@@ -18,15 +19,16 @@ pub(super) const MAX_USES_PER_INSTANCE: usize = 32;
 /// Recent use intervals remembered per user of a `concurrent` instance.
 const MAX_INTERVALS: usize = 8;
 
-/// One observation of one watched instance, with its principal resolved.
+/// One observation of one watched instance, with its principal resolved; borrowed from the
+/// observation, so that seeing a known binding copies nothing.
 pub(super) struct Sighting<'a> {
-    pub key: InstanceKey,
+    pub key: InstanceRef<'a>,
     pub obs: &'a Observation,
     pub seed: Seed,
     /// Where the service says the instance was made, for evidence.
     pub origin: Option<&'a str>,
-    pub user: Arc<str>,
-    pub tenant: Option<Arc<str>>,
+    pub user: &'a str,
+    pub tenant: Option<&'a str>,
     pub received: Received,
     pub now: Received,
 }
@@ -42,18 +44,18 @@ pub(super) struct Rule {
 
 impl Rule {
     /// The principal a use counts as under this boundary.
-    fn principal<'u>(&self, user: &'u Arc<str>, tenant: &'u Option<Arc<str>>) -> Option<&'u str> {
+    fn principal<'u>(&self, user: &'u str, tenant: Option<&'u str>) -> Option<&'u str> {
         match self.boundary {
             Boundary::User => Some(user),
-            Boundary::Tenant => tenant.as_deref(),
+            Boundary::Tenant => tenant,
         }
     }
 
     /// Whether two recorded uses conflict (restored state, judged again at start-up).
     pub fn conflict(&self, a: &Use, b: &Use) -> bool {
         let (pa, pb) = (
-            self.principal(&a.user, &a.tenant),
-            self.principal(&b.user, &b.tenant),
+            self.principal(&a.user, a.tenant.as_deref()),
+            self.principal(&b.user, b.tenant.as_deref()),
         );
         pa.is_some()
             && pb.is_some()
@@ -73,7 +75,7 @@ impl Engine {
     pub(super) fn observe_instance(&mut self, s: Sighting<'_>, fx: &mut Effects) -> InstanceSeen {
         let watch = &self.watches[s.key.watch as usize];
         // Shared by design: tracked and counted like an `allow` watch, never a finding.
-        let allowed = watch.allows_instance(&s.key.id);
+        let allowed = watch.allows_instance(s.key.id);
         let rule = Rule {
             policy: if allowed { Policy::Allow } else { watch.policy },
             boundary: watch.boundary,
@@ -81,15 +83,23 @@ impl Engine {
         };
         let state = self.instance_entry(&s, fx);
         let conflicts = state.conflicts(&s, rule);
-        let (this_use, new) = state.record_use(&s, rule.policy);
+        let (i, new) = state.record_use(&s, rule.policy);
         let users = state.uses.len() as u32;
+        // A finding from before the instance was allowed is kept as it is, but no longer grows.
+        let existing = state.finding.clone().filter(|_| !allowed);
+        // Copied only to be bound, cited or judged: a known binding of an instance without
+        // a finding copies nothing.
+        let judged = new || existing.is_some() || !conflicts.is_empty();
+        let Some(this_use) = judged.then(|| state.uses[i].clone()) else {
+            return InstanceSeen {
+                users,
+                leaking: false,
+                allowed,
+            };
+        };
         if new {
             self.bind(&s, &this_use, rule, fx);
         }
-        // A finding from before the instance was allowed is kept as it is, but no longer grows.
-        let existing = (self.instances.get(&s.key))
-            .and_then(|st| st.finding.clone())
-            .filter(|_| !allowed);
         let seen = InstanceSeen {
             users,
             leaking: existing.is_some() || !conflicts.is_empty(),
@@ -103,7 +113,7 @@ impl Engine {
             let id = self.raise(&s, conflicts, this_use, fx);
             if let Some(state) = self.instances.get_mut(&s.key) {
                 let before = state.finding.replace(id.into());
-                self.undo.push(Undo::Link(s.key.clone(), before));
+                self.undo.push(Undo::Link(s.key.owned(), before));
             }
         }
         seen
@@ -116,21 +126,21 @@ impl Engine {
         if self.instances.len() >= self.max_instances && !self.instances.contains_key(&s.key) {
             self.evict_least_recent(fx);
         }
-        let state = match self.instances.entry(s.key.clone()) {
-            Entry::Occupied(o) => {
+        let state = match self.instances.entry_ref(&s.key) {
+            EntryRef::Occupied(o) => {
                 let state = o.into_mut();
                 // A new user changes what later observations are judged against: keep the
                 // instance as it was until the batch commits. A known user costs nothing.
-                if self.undo.is_on() && !state.uses.iter().any(|u| u.user == s.user) {
+                if self.undo.is_on() && !state.uses.iter().any(|u| *u.user == *s.user) {
                     self.undo
-                        .push(Undo::Instance(s.key.clone(), Some(state.clone())));
+                        .push(Undo::Instance(s.key.owned(), Some(state.clone())));
                 }
                 state
             }
-            Entry::Vacant(v) => {
+            EntryRef::Vacant(v) => {
                 self.counters[s.key.watch as usize].tracked.inc();
-                self.undo.push(Undo::Instance(s.key.clone(), None));
-                v.insert(InstanceState::default())
+                self.undo.push(Undo::Instance(s.key.owned(), None));
+                v.insert_with_key(s.key.owned(), InstanceState::default())
             }
         };
         state.touched_s = s.received.wall_ns / 1_000_000_000;
@@ -140,16 +150,15 @@ impl Engine {
     /// Persist a new (instance, user) binding, and hand coordinated ones to Redis.
     fn bind(&self, s: &Sighting<'_>, u: &Use, rule: Rule, fx: &mut Effects) {
         if rule.coordinated && rule.policy != Policy::Allow {
-            fx.cluster
-                .push(self.cluster_check(&s.key, u, s.obs, s.seed));
+            fx.cluster.push(self.cluster_check(s.key, u, s.obs, s.seed));
         }
         let (start, end) = (s.obs.start_ns, s.obs.end_ns);
         fx.bindings.push(BindingRow {
             watch: self.watches[s.key.watch as usize].name.clone(),
             scope_key: self.scopes[s.key.scope as usize].scope_key.clone(),
             instance: s.key.id.to_string(),
-            user: s.user.to_string(),
-            tenant: s.tenant.as_deref().map(str::to_owned),
+            user: s.user.to_owned(),
+            tenant: s.tenant.map(str::to_owned),
             first_ns: start,
             last_ns: end,
             last_start_ns: start,
@@ -165,10 +174,10 @@ impl Engine {
 impl InstanceState {
     /// The uses that conflict with this sighting under `rule`.
     fn conflicts(&self, s: &Sighting<'_>, rule: Rule) -> Vec<Use> {
-        let mine = rule.principal(&s.user, &s.tenant);
+        let mine = rule.principal(s.user, s.tenant);
         let (start, end) = (s.obs.start_ns, s.obs.end_ns);
         let conflicting = |u: &&Use| {
-            rule.principal(&u.user, &u.tenant) != mine
+            rule.principal(&u.user, u.tenant.as_deref()) != mine
                 && match rule.policy {
                     Policy::Allow => false,
                     Policy::Exclusive => true,
@@ -181,19 +190,21 @@ impl InstanceState {
         self.uses.iter().filter(conflicting).cloned().collect()
     }
 
-    /// Record the sighting as a use; true when the user is new to this instance.
-    fn record_use(&mut self, s: &Sighting<'_>, policy: Policy) -> (Use, bool) {
+    /// Record the sighting as a use: its index, and true when the user is new to this
+    /// instance (a known user is updated in place).
+    fn record_use(&mut self, s: &Sighting<'_>, policy: Policy) -> (usize, bool) {
         let (start, end) = (s.obs.start_ns, s.obs.end_ns);
-        if let Some(u) = self.uses.iter_mut().find(|u| u.user == s.user) {
+        if let Some(i) = self.uses.iter().position(|u| *u.user == *s.user) {
+            let u = &mut self.uses[i];
             u.first_ns = u.first_ns.min(start);
             u.last_ns = u.last_ns.max(end);
             if u.tenant.is_none() {
-                u.tenant = s.tenant.clone();
+                u.tenant = s.tenant.map(Arc::from);
             }
             if policy == Policy::Concurrent {
                 add_interval(&mut u.intervals, start, end);
             }
-            return (u.clone(), false);
+            return (i, false);
         }
         if self.uses.len() >= MAX_USES_PER_INSTANCE {
             let oldest = (0..self.uses.len()).min_by_key(|&i| self.uses[i].last_ns);
@@ -202,8 +213,8 @@ impl InstanceState {
             }
         }
         let u = Use {
-            user: s.user.clone(),
-            tenant: s.tenant.clone(),
+            user: s.user.into(),
+            tenant: s.tenant.map(Arc::from),
             first_ns: start,
             last_ns: end,
             intervals: if policy == Policy::Concurrent {
@@ -218,8 +229,8 @@ impl InstanceState {
         if self.uses.is_empty() {
             self.uses.reserve_exact(1);
         }
-        self.uses.push(u.clone());
-        (u, true)
+        self.uses.push(u);
+        (self.uses.len() - 1, true)
     }
 }
 

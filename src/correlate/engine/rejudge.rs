@@ -61,16 +61,16 @@ impl Engine {
                 delivery: None,
             };
             let s = Sighting {
-                key: key.clone(),
+                key: key.as_ref(),
                 obs: &obs,
                 seed: last.first,
                 origin: None,
-                user: last.user.clone(),
-                tenant: last.tenant.clone(),
+                user: &last.user,
+                tenant: last.tenant.as_deref(),
                 received: now,
                 now,
             };
-            let id = self.raise(&s, conflicting, last, &mut fx);
+            let id = self.raise(&s, conflicting, last.clone(), &mut fx);
             tracing::warn!(finding = %id, "a conflict already in the store is judged at start-up");
             if let Some(state) = self.instances.get_mut(&key) {
                 state.finding = Some(id.into());

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effects, Engine, FindingRecord, InstanceKey, Received, Seed, Use};
+use super::{Effects, Engine, FindingRecord, InstanceKey, InstanceRef, Received, Seed, Use};
 use crate::config::Scope;
 use crate::correlate::finding::{Evidence, FindingKind, Subject, finding_id};
 use crate::normalize::{Observation, Resource, TraceId};
@@ -51,13 +51,13 @@ impl Engine {
     /// The check for a binding just made by `obs`.
     pub(super) fn cluster_check(
         &self,
-        key: &InstanceKey,
+        key: InstanceRef<'_>,
         u: &Use,
         obs: &Observation,
         seed: Seed,
     ) -> ClusterCheck {
         let origin = (obs.watched.iter())
-            .find(|w| w.watch == key.watch && w.id == key.id)
+            .find(|w| w.watch == key.watch && *w.id == *key.id)
             .and_then(|w| w.origin.as_deref());
         let evidence = self
             .evidence(&u.user, u.tenant.as_deref(), seed, Some(obs))
@@ -80,7 +80,7 @@ impl Engine {
                     .unwrap_or((u.first_ns, u.last_ns));
                 let evidence = self.evidence(&u.user, u.tenant.as_deref(), u.first, None);
                 let resource = &self.scopes[u.first.scope as usize];
-                out.push(self.check_of(key, u, interval, evidence, resource));
+                out.push(self.check_of(key.as_ref(), u, interval, evidence, resource));
             }
         }
         out
@@ -88,7 +88,7 @@ impl Engine {
 
     fn check_of(
         &self,
-        key: &InstanceKey,
+        key: InstanceRef<'_>,
         u: &Use,
         (start_ns, end_ns): (u64, u64),
         evidence: Evidence,
