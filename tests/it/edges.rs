@@ -84,6 +84,19 @@ fn keyed(key: &str, mut kv: KeyValue) -> KeyValue {
     kv
 }
 
+/// Posts `request` to both decoders, protobuf (zero-copy reader) and OTLP JSON (prost types);
+/// each must keep every span (only values are unusable: no partial success). Returns `/metrics`.
+fn post_to_both_decoders(s: &Server, request: &ExportTraceServiceRequest) -> String {
+    let r = s.post_traces(request);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("rejected"), "{}", r.text());
+    let json = serde_json::to_vec(request).unwrap();
+    let r = s.post("/v1/traces", "application/json", &json);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("rejected"), "{}", r.text());
+    s.metrics()
+}
+
 #[test]
 fn unusable_user_and_instance_values_are_counted_not_silently_dropped() {
     let s = Server::start(FACTORY_WATCH);
@@ -109,15 +122,7 @@ fn unusable_user_and_instance_values_are_counted_not_silently_dropped() {
         spans.push(sp);
     }
     let request = traces("svc", "pod-1", spans);
-    // Both decoders: protobuf (zero-copy reader) and OTLP JSON (prost types).
-    let r = s.post_traces(&request);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let json = serde_json::to_vec(&request).unwrap();
-    let r = s.post("/v1/traces", "application/json", &json);
-    assert_eq!(r.status, 200, "{}", r.text());
-    // The spans are kept (only the values are unusable): no partial success.
-    assert!(!r.text().contains("rejected"), "{}", r.text());
-    let text = s.metrics();
+    let text = post_to_both_decoders(&s, &request);
     let rejected = |reason: &str| {
         metric_value(
             &text,
@@ -154,14 +159,7 @@ fn resource_user_and_tenant_values_naming_nothing_are_counted_and_the_spans_kept
         })
         .collect();
     let request = ExportTraceServiceRequest { resource_spans };
-    // Both decoders: protobuf (zero-copy reader) and OTLP JSON (prost types).
-    let r = s.post_traces(&request);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let json = serde_json::to_vec(&request).unwrap();
-    let r = s.post("/v1/traces", "application/json", &json);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(!r.text().contains("rejected"), "{}", r.text());
-    let text = s.metrics();
+    let text = post_to_both_decoders(&s, &request);
     let rejected = |reason: &str| {
         metric_value(
             &text,
