@@ -2,7 +2,7 @@
 //! retention, the findings retention, with their metrics.
 
 use super::undo::Undo;
-use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceKey};
+use super::{DELIVERY_WATCH, Effects, Engine, EvictedInstance, InstanceRef};
 use crate::correlate::FastMap;
 use crate::correlate::finding::FindingKind;
 use crate::telemetry::metrics::{EvictLabels, FindingLabels, WatchServiceLabels};
@@ -52,7 +52,7 @@ impl Engine {
             .inc();
     }
 
-    pub(super) fn evicted_row(&self, key: &InstanceKey) -> EvictedInstance {
+    pub(super) fn evicted_row(&self, key: InstanceRef<'_>) -> EvictedInstance {
         EvictedInstance {
             watch: self.watches[key.watch as usize].name.clone(),
             scope_key: self.scopes[key.scope as usize].scope_key.clone(),
@@ -60,46 +60,49 @@ impl Engine {
         }
     }
 
-    pub(super) fn remove_instance(&mut self, key: &InstanceKey, reason: &str, fx: &mut Effects) {
-        if let Some(state) = self.instances.remove(key) {
-            self.undo.push(Undo::Instance(key.clone(), Some(state)));
-            self.counters[key.watch as usize].tracked.dec();
-            let name = self.watches[key.watch as usize].name.clone();
-            self.count_evicted(&name, reason);
-            fx.evicted.push(self.evicted_row(key));
+    /// Stop tracking the instance at `slot` (no other slot moves).
+    pub(super) fn remove_instance(&mut self, slot: u32, reason: &str, fx: &mut Effects) {
+        if !self.instances.is_tracked(slot) {
+            return;
         }
+        let key = self.instances.key(slot);
+        let (watch, evicted, owned) = (key.watch, self.evicted_row(key), key.owned());
+        let state = self.instances.remove(slot, self.undo.is_on());
+        if let Some(state) = state {
+            self.undo.push(Undo::Instance(owned, Some(state)));
+        }
+        self.counters[watch as usize].tracked.dec();
+        let name = self.watches[watch as usize].name.clone();
+        self.count_evicted(&name, reason);
+        fx.evicted.push(evicted);
     }
 
     /// Over the global cap: drop the least recently seen tenth (at least one), so that the
     /// scan is paid once per many inserts.
     pub(super) fn evict_least_recent(&mut self, fx: &mut Effects) {
         let n = (self.max_instances / 10).max(1);
-        let mut ages: Vec<(u64, InstanceKey)> = self
-            .instances
-            .iter()
-            .map(|(k, s)| (s.touched_s, k.clone()))
+        let mut ages: Vec<(u64, u32)> = (self.instances.slots())
+            .map(|slot| (self.instances.touched_s(slot), slot))
             .collect();
         if ages.len() > n {
             ages.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
             ages.truncate(n);
         }
-        for (_, key) in ages {
-            self.remove_instance(&key, "capacity", fx);
+        for (_, slot) in ages {
+            self.remove_instance(slot, "capacity", fx);
         }
     }
 
     pub(super) fn sweep_retention(&mut self, now_s: u64, fx: &mut Effects) {
-        let expired: Vec<InstanceKey> = self
-            .instances
-            .iter()
-            .filter(|(k, s)| {
-                now_s.saturating_sub(s.touched_s)
+        let expired: Vec<u32> = (self.instances.iter())
+            .filter(|&(slot, k)| {
+                now_s.saturating_sub(self.instances.touched_s(slot))
                     > self.watches[k.watch as usize].retention.as_secs()
             })
-            .map(|(k, _)| k.clone())
+            .map(|(slot, _)| slot)
             .collect();
-        for key in expired {
-            self.remove_instance(&key, "retention", fx);
+        for slot in expired {
+            self.remove_instance(slot, "retention", fx);
         }
     }
 
@@ -117,12 +120,11 @@ impl Engine {
             return;
         }
         // One pass over instances and connections, however many findings expire at once.
-        let linked: Vec<InstanceKey> = (self.instances.iter())
-            .filter(|(_, s)| s.finding.as_deref().is_some_and(|f| expired.contains(f)))
-            .map(|(k, _)| k.clone())
+        let linked: Vec<u32> = (self.instances.slots())
+            .filter(|&slot| (self.instances.finding(slot)).is_some_and(|f| expired.contains(f)))
             .collect();
-        for key in linked {
-            self.remove_instance(&key, "retention", fx);
+        for slot in linked {
+            self.remove_instance(slot, "retention", fx);
         }
         let mut connections: FastMap<String, Vec<(u32, Box<str>)>> = FastMap::default();
         self.deliveries.retain(|k, f| {

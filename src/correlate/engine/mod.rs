@@ -19,6 +19,7 @@ use crate::normalize::{Observation, Resource, Signal, SpanId, TraceId};
 use crate::privacy::Pseudonymizer;
 use crate::telemetry::metrics::{Metrics, WatchLabels};
 use observe::Sighting;
+use table::InstanceTable;
 use undo::{Undo, UndoLog};
 
 /// The pseudo-watch under which misdelivered events are reported.
@@ -39,8 +40,8 @@ struct InstanceKey {
     id: Box<str>,
 }
 
-/// An [`InstanceKey`] borrowed from the observation: looking up a known instance copies
-/// nothing. Hashes as the owned key does (same fields, same order).
+/// An [`InstanceKey`] borrowed from the observation (or from the instance's record): looking up
+/// a known instance copies nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct InstanceRef<'a> {
     watch: u16,
@@ -67,15 +68,6 @@ impl InstanceRef<'_> {
         }
     }
 }
-
-impl hashbrown::Equivalent<InstanceKey> for InstanceRef<'_> {
-    fn equivalent(&self, key: &InstanceKey) -> bool {
-        *self == key.as_ref()
-    }
-}
-
-/// Tracked instances. hashbrown's rather than std's map, to look them up by [`InstanceRef`].
-type InstanceMap = hashbrown::HashMap<InstanceKey, InstanceState, foldhash::fast::RandomState>;
 
 /// One principal's use of an instance.
 #[derive(Debug, Clone)]
@@ -111,6 +103,8 @@ impl Seed {
     }
 }
 
+/// A tracked instance as a plain value: what the undo log keeps of it (the table keeps it
+/// packed, see `table.rs`).
 #[derive(Debug, Default, Clone)]
 struct InstanceState {
     uses: Vec<Use>,
@@ -160,7 +154,7 @@ pub struct Engine {
     scope_index: FastMap<String, u32>,
     /// The resource whose scope was interned last, and its index.
     last_scope: Option<(Arc<Resource>, u32)>,
-    instances: InstanceMap,
+    instances: InstanceTable,
     /// Findings by id, and the instance (or connection) each one is about.
     findings: FastMap<String, FindingRecord>,
     deliveries: FastMap<(u32, Box<str>), String>,
@@ -210,7 +204,7 @@ impl Engine {
             scopes: vec![global],
             scope_index: FastMap::from_iter([(String::new(), 0)]),
             last_scope: None,
-            instances: InstanceMap::default(),
+            instances: InstanceTable::default(),
             findings: FastMap::default(),
             deliveries: FastMap::default(),
             findings_retention_ns: config.findings_retention.as_nanos() as u64,
@@ -534,9 +528,11 @@ mod findings;
 mod isolation;
 mod observe;
 mod reconfigure;
+mod record;
 mod rejudge;
 mod remote;
 mod restore;
+mod table;
 mod undo;
 
 pub use contract::{
@@ -556,9 +552,8 @@ pub(crate) mod tests;
 impl Engine {
     /// The most uses any tracked instance keeps.
     pub(crate) fn max_uses_per_instance(&self) -> usize {
-        self.instances
-            .values()
-            .map(|s| s.uses.len())
+        (self.instances.slots())
+            .map(|slot| self.instances.users(slot))
             .max()
             .unwrap_or(0)
     }

@@ -4,13 +4,10 @@
 //! Conflicts are judged against the uses as they were before this observation, so the order in
 //! which one principal's spans arrive never matters.
 
-use std::sync::Arc;
-
-use hashbrown::hash_map::EntryRef;
-
 use super::isolation::InstanceSeen;
+use super::record::UseRef;
 use super::undo::Undo;
-use super::{BindingRow, Effects, Engine, InstanceRef, InstanceState, Received, Seed, Use};
+use super::{BindingRow, Effects, Engine, InstanceRef, Received, Seed, Use};
 use crate::config::{Boundary, Policy, Scope};
 use crate::normalize::Observation;
 
@@ -44,7 +41,7 @@ pub(super) struct Rule {
 
 impl Rule {
     /// The principal a use counts as under this boundary.
-    fn principal<'u>(&self, user: &'u str, tenant: Option<&'u str>) -> Option<&'u str> {
+    pub fn principal<'u>(&self, user: &'u str, tenant: Option<&'u str>) -> Option<&'u str> {
         match self.boundary {
             Boundary::User => Some(user),
             Boundary::Tenant => tenant,
@@ -81,16 +78,34 @@ impl Engine {
             boundary: watch.boundary,
             coordinated: self.cluster && watch.scope == Scope::Global,
         };
-        let state = self.instance_entry(&s, fx);
-        let conflicts = state.conflicts(&s, rule);
-        let (i, new) = state.record_use(&s, rule.policy);
-        let users = state.uses.len() as u32;
+        let (slot, conflicts, (i, new)) = match self.instances.find(s.key) {
+            Some(slot) => {
+                // A new user changes what later observations are judged against: keep the
+                // instance as it was until the batch commits. A known user costs nothing.
+                let known = self.instances.use_of(slot, s.user);
+                if self.undo.is_on() && known.is_none() {
+                    let before = self.instances.state(slot);
+                    self.undo.push(Undo::Instance(s.key.owned(), Some(before)));
+                }
+                let conflicts = self.conflicts(slot, &s, rule);
+                (
+                    slot,
+                    conflicts,
+                    self.record_use(slot, known, &s, rule.policy),
+                )
+            }
+            None => (self.track(&s, rule.policy, fx), Vec::new(), (0, true)),
+        };
+        (self.instances).set_touched_s(slot, s.received.wall_ns / 1_000_000_000);
+        let users = self.instances.users(slot) as u32;
         // A finding from before the instance was allowed is kept as it is, but no longer grows.
-        let existing = state.finding.clone().filter(|_| !allowed);
+        let existing: Option<Box<str>> = (self.instances.finding(slot))
+            .filter(|_| !allowed)
+            .map(Into::into);
         // Copied only to be bound, cited or judged: a known binding of an instance without
         // a finding copies nothing.
         let judged = new || existing.is_some() || !conflicts.is_empty();
-        let Some(this_use) = judged.then(|| state.uses[i].clone()) else {
+        let Some(this_use) = judged.then(|| self.instances.use_at(slot, i)).flatten() else {
             return InstanceSeen {
                 users,
                 leaking: false,
@@ -111,40 +126,96 @@ impl Engine {
             self.touch_finding(&id, grow, &conflicts, &s, fx);
         } else if !conflicts.is_empty() {
             let id = self.raise(&s, conflicts, this_use, fx);
-            if let Some(state) = self.instances.get_mut(&s.key) {
-                let before = state.finding.replace(id.into());
+            if let Some(slot) = self.instances.find(s.key) {
+                let before = self.instances.set_finding(slot, Some(id.into()));
                 self.undo.push(Undo::Link(s.key.owned(), before));
             }
         }
         seen
     }
 
-    /// The instance's state, made room for and created if new, touched now.
-    fn instance_entry(&mut self, s: &Sighting<'_>, fx: &mut Effects) -> &mut InstanceState {
-        // Only at the cap does a second lookup pay for itself; otherwise one `entry` both
-        // finds the instance and says whether it is new.
-        if self.instances.len() >= self.max_instances && !self.instances.contains_key(&s.key) {
+    /// Track the sighting's instance, made room for, with the sighting as its first use.
+    fn track(&mut self, s: &Sighting<'_>, policy: Policy, fx: &mut Effects) -> u32 {
+        if self.instances.len() >= self.max_instances {
             self.evict_least_recent(fx);
         }
-        let state = match self.instances.entry_ref(&s.key) {
-            EntryRef::Occupied(o) => {
-                let state = o.into_mut();
-                // A new user changes what later observations are judged against: keep the
-                // instance as it was until the batch commits. A known user costs nothing.
-                if self.undo.is_on() && !state.uses.iter().any(|u| *u.user == *s.user) {
-                    self.undo
-                        .push(Undo::Instance(s.key.owned(), Some(state.clone())));
-                }
-                state
-            }
-            EntryRef::Vacant(v) => {
-                self.counters[s.key.watch as usize].tracked.inc();
-                self.undo.push(Undo::Instance(s.key.owned(), None));
-                v.insert_with_key(s.key.owned(), InstanceState::default())
-            }
+        self.counters[s.key.watch as usize].tracked.inc();
+        self.undo.push(Undo::Instance(s.key.owned(), None));
+        let interval = [(s.obs.start_ns, s.obs.end_ns)];
+        let first = UseRef {
+            user: s.user,
+            tenant: s.tenant,
+            first_ns: s.obs.start_ns,
+            last_ns: s.obs.end_ns,
+            intervals: if policy == Policy::Concurrent {
+                &interval
+            } else {
+                &[]
+            },
+            first: s.seed,
         };
-        state.touched_s = s.received.wall_ns / 1_000_000_000;
-        state
+        let touched_s = s.received.wall_ns / 1_000_000_000;
+        self.instances.insert(s.key, first, touched_s)
+    }
+
+    /// The instance's uses that conflict with this sighting under `rule`.
+    fn conflicts(&self, slot: u32, s: &Sighting<'_>, rule: Rule) -> Vec<Use> {
+        if rule.coordinated {
+            return Vec::new();
+        }
+        let mine = (
+            rule.boundary == Boundary::Tenant,
+            rule.principal(s.user, s.tenant),
+        );
+        let (start, end) = (s.obs.start_ns, s.obs.end_ns);
+        self.instances.conflicts(slot, mine, |u| match rule.policy {
+            Policy::Allow => false,
+            Policy::Exclusive => true,
+            Policy::Concurrent => u.intervals.iter().any(|&(a, b)| a <= end && start <= b),
+        })
+    }
+
+    /// Record the sighting as a use of the instance at `slot`, whose use `known` is the
+    /// sighting's user's, if any: the use's number, and true when the user is new to it.
+    fn record_use(
+        &mut self,
+        slot: u32,
+        known: Option<usize>,
+        s: &Sighting<'_>,
+        policy: Policy,
+    ) -> (usize, bool) {
+        let (start, end) = (s.obs.start_ns, s.obs.end_ns);
+        let t = &mut self.instances;
+        if let Some(i) = known {
+            t.widen(slot, i, (start, end), s.tenant);
+            if policy == Policy::Concurrent {
+                if let Some(intervals) = t.intervals_mut(slot, i) {
+                    add_interval(intervals, start, end);
+                }
+            }
+            return (i, false);
+        }
+        let users = t.users(slot);
+        if users >= MAX_USES_PER_INSTANCE {
+            let oldest = (0..users).min_by_key(|&i| t.last_ns(slot, i));
+            if let Some(i) = oldest {
+                t.swap_remove_use(slot, i);
+            }
+        }
+        let interval = [(start, end)];
+        let u = UseRef {
+            user: s.user,
+            tenant: s.tenant,
+            first_ns: start,
+            last_ns: end,
+            intervals: if policy == Policy::Concurrent {
+                &interval
+            } else {
+                &[]
+            },
+            first: s.seed,
+        };
+        (t.push_use(slot, u), true)
     }
 
     /// Persist a new (instance, user) binding, and hand coordinated ones to Redis.
@@ -168,69 +239,6 @@ impl Engine {
             signal: s.obs.signal,
             evidence_scope_key: s.obs.resource.scope_key.clone(),
         });
-    }
-}
-
-impl InstanceState {
-    /// The uses that conflict with this sighting under `rule`.
-    fn conflicts(&self, s: &Sighting<'_>, rule: Rule) -> Vec<Use> {
-        let mine = rule.principal(s.user, s.tenant);
-        let (start, end) = (s.obs.start_ns, s.obs.end_ns);
-        let conflicting = |u: &&Use| {
-            rule.principal(&u.user, u.tenant.as_deref()) != mine
-                && match rule.policy {
-                    Policy::Allow => false,
-                    Policy::Exclusive => true,
-                    Policy::Concurrent => u.intervals.iter().any(|&(a, b)| a <= end && start <= b),
-                }
-        };
-        if rule.coordinated {
-            return Vec::new();
-        }
-        self.uses.iter().filter(conflicting).cloned().collect()
-    }
-
-    /// Record the sighting as a use: its index, and true when the user is new to this
-    /// instance (a known user is updated in place).
-    fn record_use(&mut self, s: &Sighting<'_>, policy: Policy) -> (usize, bool) {
-        let (start, end) = (s.obs.start_ns, s.obs.end_ns);
-        if let Some(i) = self.uses.iter().position(|u| *u.user == *s.user) {
-            let u = &mut self.uses[i];
-            u.first_ns = u.first_ns.min(start);
-            u.last_ns = u.last_ns.max(end);
-            if u.tenant.is_none() {
-                u.tenant = s.tenant.map(Arc::from);
-            }
-            if policy == Policy::Concurrent {
-                add_interval(&mut u.intervals, start, end);
-            }
-            return (i, false);
-        }
-        if self.uses.len() >= MAX_USES_PER_INSTANCE {
-            let oldest = (0..self.uses.len()).min_by_key(|&i| self.uses[i].last_ns);
-            if let Some(i) = oldest {
-                self.uses.swap_remove(i);
-            }
-        }
-        let u = Use {
-            user: s.user.into(),
-            tenant: s.tenant.map(Arc::from),
-            first_ns: start,
-            last_ns: end,
-            intervals: if policy == Policy::Concurrent {
-                vec![(start, end)]
-            } else {
-                Vec::new()
-            },
-            first: s.seed,
-        };
-        // Most instances only ever see one user: without this, the first push reserves
-        // room for four `Use`s (448 bytes) per tracked instance.
-        if self.uses.is_empty() {
-            self.uses.reserve_exact(1);
-        }
-        self.uses.push(u);
-        (self.uses.len() - 1, true)
     }
 }
 

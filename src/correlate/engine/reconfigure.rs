@@ -16,7 +16,7 @@
 
 use serde::Serialize;
 
-use super::{Effects, Engine, EvictedInstance, InstanceKey, WatchCounters, watch_info};
+use super::{Effects, Engine, EvictedInstance, WatchCounters, watch_info};
 use crate::config::Watch;
 use crate::telemetry::metrics::WatchLabels;
 
@@ -95,12 +95,12 @@ impl Engine {
         if slots.is_empty() {
             return;
         }
-        let gone: Vec<InstanceKey> = (self.instances.keys())
-            .filter(|k| slots.contains(&(k.watch as usize)))
-            .cloned()
+        let gone: Vec<u32> = (self.instances.iter())
+            .filter(|(_, k)| slots.contains(&(k.watch as usize)))
+            .map(|(slot, _)| slot)
             .collect();
-        for key in gone {
-            self.remove_instance(&key, "reload", fx);
+        for slot in gone {
+            self.remove_instance(slot, "reload", fx);
         }
     }
 

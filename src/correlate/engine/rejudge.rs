@@ -18,11 +18,10 @@ impl Engine {
     pub(super) fn rejudge_restored(&mut self) {
         let now = Received::now();
         let mut fx = Effects::default();
-        let suspects: Vec<InstanceKey> = self
-            .instances
-            .iter()
-            .filter(|(_, s)| s.finding.is_none() && s.uses.len() > 1)
-            .map(|(k, _)| k.clone())
+        let t = &self.instances;
+        let suspects: Vec<InstanceKey> = (t.iter())
+            .filter(|&(slot, _)| t.finding(slot).is_none() && t.users(slot) > 1)
+            .map(|(_, k)| k.owned())
             .collect();
         for key in suspects {
             let watch = &self.watches[key.watch as usize];
@@ -35,9 +34,10 @@ impl Engine {
             if rule.policy == Policy::Allow || rule.coordinated || watch.allows_instance(&key.id) {
                 continue;
             }
-            let Some(mut uses) = self.instances.get(&key).map(|s| s.uses.clone()) else {
+            let Some(slot) = self.instances.find(key.as_ref()) else {
                 continue;
             };
+            let mut uses = self.instances.state(slot).uses;
             uses.sort_by_key(|u| u.first_ns);
             let conflicting: Vec<Use> = uses
                 .iter()
@@ -72,8 +72,8 @@ impl Engine {
             };
             let id = self.raise(&s, conflicting, last.clone(), &mut fx);
             tracing::warn!(finding = %id, "a conflict already in the store is judged at start-up");
-            if let Some(state) = self.instances.get_mut(&key) {
-                state.finding = Some(id.into());
+            if let Some(slot) = self.instances.find(key.as_ref()) {
+                self.instances.set_finding(slot, Some(id.into()));
             }
         }
         let news = fx.news.into_iter();

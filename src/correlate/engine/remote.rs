@@ -68,11 +68,11 @@ impl Engine {
     /// Every global binding this sidecar knows, to publish again after Redis lost its state.
     pub fn cluster_resync(&self) -> Vec<ClusterCheck> {
         let mut out = Vec::new();
-        for (key, state) in &self.instances {
+        for (slot, key) in self.instances.iter() {
             if self.watches[key.watch as usize].scope != Scope::Global {
                 continue;
             }
-            for u in &state.uses {
+            for u in self.instances.state(slot).uses {
                 let interval = u
                     .intervals
                     .last()
@@ -80,7 +80,7 @@ impl Engine {
                     .unwrap_or((u.first_ns, u.last_ns));
                 let evidence = self.evidence(&u.user, u.tenant.as_deref(), u.first, None);
                 let resource = &self.scopes[u.first.scope as usize];
-                out.push(self.check_of(key.as_ref(), u, interval, evidence, resource));
+                out.push(self.check_of(key, &u, interval, evidence, resource));
             }
         }
         out
@@ -159,8 +159,8 @@ impl Engine {
             scope: 0,
             id: rc.check.instance.as_str().into(),
         };
-        if let Some(state) = self.instances.get_mut(&key) {
-            let before = state.finding.replace(id.into());
+        if let Some(slot) = self.instances.find(key.as_ref()) {
+            let before = self.instances.set_finding(slot, Some(id.into()));
             self.undo.push(super::undo::Undo::Link(key, before));
         }
     }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::observe::MAX_USES_PER_INSTANCE;
+use super::record::UseRef;
+use super::table::InstanceTable;
 use super::{
-    Engine, FindingRecord, InstanceKey, PendingRow, Received, RestoreSink, Restored, RestoredScope,
-    Seed, StoredBinding, Use,
+    Engine, FindingRecord, InstanceRef, PendingRow, Received, RestoreSink, Restored, RestoredScope,
+    Seed, StoredBinding,
 };
 use crate::config::Policy;
 use crate::correlate::attribution::Parked;
@@ -244,35 +246,37 @@ impl RestoreSink for Restoring<'_> {
             return;
         };
         let evidence_scope = e.scope_index.get(b.evidence_scope_key).copied();
-        let key = InstanceKey {
+        let key = InstanceRef {
             watch,
             scope,
-            id: b.instance.into(),
+            id: b.instance,
         };
         let concurrent = e.watches[watch as usize].policy == Policy::Concurrent;
-        let state = e.instances.entry(key).or_default();
-        state.touched_s = self.now_ns / 1_000_000_000;
-        keep_recent(
-            &mut state.uses,
-            Use {
-                user: b.user.into(),
-                tenant: b.tenant.map(Arc::from),
-                first_ns: b.first_ns,
-                last_ns: b.last_ns,
-                intervals: if concurrent {
-                    vec![(b.last_start_ns, b.last_end_ns)]
-                } else {
-                    Vec::new()
-                },
-                first: Seed {
-                    time_ns: b.first_ns,
-                    trace_id: b.trace_id,
-                    span_id: b.span_id,
-                    signal: b.signal,
-                    scope: evidence_scope.unwrap_or(scope),
-                },
+        let interval = [(b.last_start_ns, b.last_end_ns)];
+        let u = UseRef {
+            user: b.user,
+            tenant: b.tenant,
+            first_ns: b.first_ns,
+            last_ns: b.last_ns,
+            intervals: if concurrent { &interval } else { &[] },
+            first: Seed {
+                time_ns: b.first_ns,
+                trace_id: b.trace_id,
+                span_id: b.span_id,
+                signal: b.signal,
+                scope: evidence_scope.unwrap_or(scope),
             },
-        );
+        };
+        let now_s = self.now_ns / 1_000_000_000;
+        match e.instances.find(key) {
+            Some(slot) => {
+                e.instances.set_touched_s(slot, now_s);
+                keep_recent(&mut e.instances, slot, u);
+            }
+            None => {
+                e.instances.insert(key, u, now_s);
+            }
+        }
     }
 
     fn finding(&mut self, record: FindingRecord) {
@@ -283,13 +287,13 @@ impl RestoreSink for Restoring<'_> {
             e.deliveries
                 .insert((scope, f.instance.as_str().into()), f.id.clone());
         } else if let Some(watch) = e.watch_index(&f.watch) {
-            let key = InstanceKey {
+            let key = InstanceRef {
                 watch,
                 scope,
-                id: f.instance.as_str().into(),
+                id: &f.instance,
             };
-            if let Some(state) = e.instances.get_mut(&key) {
-                state.finding = Some(f.id.as_str().into());
+            if let Some(slot) = e.instances.find(key) {
+                e.instances.set_finding(slot, Some(f.id.as_str().into()));
             }
             e.evidence_finding(watch, &f.service, record.last_seen_ns / 1_000_000_000);
         }
@@ -334,17 +338,14 @@ impl RestoreSink for Restoring<'_> {
 /// Add a restored use, keeping as many users per instance as observing keeps, the most
 /// recent: an instance with tens of thousands of stored bindings must not make every later
 /// observation scan them. Bounded work per row, whatever order the rows come in.
-fn keep_recent(uses: &mut Vec<Use>, u: Use) {
-    if uses.len() < MAX_USES_PER_INSTANCE {
-        // Most instances only ever have one user (see `record_use`).
-        if uses.is_empty() {
-            uses.reserve_exact(1);
-        }
-        uses.push(u);
+fn keep_recent(table: &mut InstanceTable, slot: u32, u: UseRef<'_>) {
+    let users = table.users(slot);
+    if users < MAX_USES_PER_INSTANCE {
+        table.push_use(slot, u);
         return;
     }
-    let oldest = (0..uses.len()).min_by_key(|&i| uses[i].last_ns);
-    if let Some(i) = oldest.filter(|&i| uses[i].last_ns < u.last_ns) {
-        uses[i] = u;
+    let oldest = (0..users).min_by_key(|&i| table.last_ns(slot, i));
+    if let Some(i) = oldest.filter(|&i| table.last_ns(slot, i) < u.last_ns) {
+        table.replace_use(slot, i, u);
     }
 }

@@ -108,19 +108,19 @@ impl Engine {
     fn reverse(&mut self, entry: Undo) {
         match entry {
             Undo::Instance(key, None) => {
-                if self.instances.remove(&key).is_some() {
+                if let Some(slot) = self.instances.find(key.as_ref()) {
+                    self.instances.remove(slot, false);
                     self.counters[key.watch as usize].tracked.dec();
                 }
             }
             Undo::Instance(key, Some(state)) => {
-                let watch = key.watch as usize;
-                if self.instances.insert(key, state).is_none() {
-                    self.counters[watch].tracked.inc();
+                if self.instances.put(key.as_ref(), state) {
+                    self.counters[key.watch as usize].tracked.inc();
                 }
             }
             Undo::Link(key, before) => {
-                if let Some(state) = self.instances.get_mut(&key) {
-                    state.finding = before;
+                if let Some(slot) = self.instances.find(key.as_ref()) {
+                    self.instances.set_finding(slot, before);
                 }
             }
             Undo::FindingAdded(id) => {

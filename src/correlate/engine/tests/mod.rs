@@ -477,4 +477,5 @@ pub(crate) mod growth;
 pub(crate) mod rejudge;
 mod reload;
 pub(crate) mod scale;
+mod table;
 pub(crate) mod undo;

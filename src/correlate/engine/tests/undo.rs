@@ -11,7 +11,8 @@ fn state(e: &Engine) -> String {
     let mut instances: Vec<String> = e
         .instances
         .iter()
-        .map(|(k, s)| {
+        .map(|(slot, k)| {
+            let s = e.instances.state(slot);
             let mut users: Vec<&str> = s.uses.iter().map(|u| &*u.user).collect();
             users.sort_unstable();
             format!("{}/{}/{} {users:?} {:?}", k.watch, k.scope, k.id, s.finding)
