@@ -81,20 +81,12 @@ const _: () = assert!(std::mem::size_of::<Record>() == 80);
 impl Record {
     pub fn new(key: InstanceRef<'_>, first: UseRef<'_>, touched_s: u64) -> Record {
         let mut r = Record {
-            text: Box::default(),
-            first_ns: 0,
-            last_ns: 0,
-            seed_time_ns: 0,
-            trace_id: [0; 16],
-            span_id: [0; 8],
+            text: pack(key.id, first.user, first.tenant),
             scope: key.scope,
-            seed_scope: 0,
-            touched_s: 0,
             watch: key.watch,
-            signal: 0,
             flags: 0,
+            ..Record::vacant()
         };
-        r.text = pack(key.id, first.user, first.tenant);
         r.set_first_fields(first);
         r.set_touched_s(touched_s);
         r
