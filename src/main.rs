@@ -5,7 +5,8 @@ use clap::Parser;
 
 /// jemalloc instead of the C library's allocator: about 8 B of bookkeeping per small allocation
 /// instead of 16, and freed memory goes back to the OS on its own, so the resident set follows
-/// what crosstalk holds (a restore's or a flood's peak does not stay resident).
+/// what crosstalk holds (a restore's or a flood's peak does not stay resident). A background
+/// thread returns it about a second after it was freed, idle or not (see `.cargo/config.toml`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -30,17 +30,25 @@ impl Store {
     pub fn restore_into(&self, sink: &mut impl RestoreSink) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT scope_key, identity FROM scopes")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            .prepare("SELECT id, scope_key, identity FROM scopes")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut scope_keys = HashMap::new();
         for row in rows {
-            let (key, identity) = row?;
+            let (id, key, identity) = row?;
             let identity: BTreeMap<String, String> = serde_json::from_str(&identity)?;
+            scope_keys.insert(id, key.clone());
             sink.scope(RestoredScope {
                 scope_key: key,
                 identity,
             });
         }
-        self.restore_bindings(sink)?;
+        self.restore_bindings(&scope_keys, sink)?;
         let mut stmt = self
             .conn
             .prepare("SELECT body, scope_key, detected_ns, last_seen_ns, users FROM findings")?;
@@ -96,18 +104,25 @@ impl Store {
     }
 
     /// Every binding, borrowed from its row: nothing is copied but what the sink keeps.
-    fn restore_bindings(&self, sink: &mut impl RestoreSink) -> Result<(), StoreError> {
+    fn restore_bindings(
+        &self,
+        scope_keys: &HashMap<i64, String>,
+        sink: &mut impl RestoreSink,
+    ) -> Result<(), StoreError> {
         let count: i64 = self
             .conn
             .query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))?;
         sink.expect_bindings(count.max(0) as usize);
         let mut stmt = self.conn.prepare(
-            "SELECT watch, scope_key, instance, user, tenant, first_ns, last_ns, last_start_ns,
-                    last_end_ns, trace_id, span_id, signal, evidence_scope_key FROM bindings",
+            "SELECT watch, scope, instance, user, tenant, first_ns, last_ns, last_start_ns,
+                    last_end_ns, trace_id, span_id, signal, evidence_scope FROM bindings",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            sink.binding(stored_binding(r)?);
+            // A binding of an unknown scope cannot be restored (the engine would skip it too).
+            if let Some(binding) = stored_binding(r, scope_keys)? {
+                sink.binding(binding);
+            }
         }
         Ok(())
     }
@@ -134,14 +149,22 @@ impl Store {
     }
 }
 
-fn stored_binding<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<StoredBinding<'r>> {
+/// A binding row, borrowed from the row and the scopes' keys; `None` if its scope is unknown.
+fn stored_binding<'r>(
+    r: &'r rusqlite::Row<'_>,
+    scope_keys: &'r HashMap<i64, String>,
+) -> rusqlite::Result<Option<StoredBinding<'r>>> {
     let text = |i: usize| -> rusqlite::Result<&'r str> { Ok(r.get_ref(i)?.as_str()?) };
-    let hex =
-        |i: usize| -> rusqlite::Result<Option<&'r str>> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+    let bytes =
+        |i: usize| -> rusqlite::Result<Option<&'r [u8]>> { Ok(r.get_ref(i)?.as_blob_or_null()?) };
     let ns = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
-    Ok(StoredBinding {
+    let Some(scope_key) = scope_keys.get(&r.get::<_, i64>(1)?) else {
+        return Ok(None);
+    };
+    let evidence_scope_key = scope_keys.get(&r.get::<_, i64>(12)?).unwrap_or(scope_key);
+    Ok(Some(StoredBinding {
         watch: text(0)?,
-        scope_key: text(1)?,
+        scope_key,
         instance: text(2)?,
         user: text(3)?,
         tenant: r.get_ref(4)?.as_str_or_null()?,
@@ -149,11 +172,11 @@ fn stored_binding<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<StoredBindin
         last_ns: ns(6)?,
         last_start_ns: ns(7)?,
         last_end_ns: ns(8)?,
-        trace_id: hex(9)?.and_then(TraceId::from_hex),
-        span_id: hex(10)?.and_then(SpanId::from_hex),
+        trace_id: bytes(9)?.and_then(TraceId::from_bytes),
+        span_id: bytes(10)?.and_then(SpanId::from_bytes),
         signal: Signal::from_name(text(11)?),
-        evidence_scope_key: text(12)?,
-    })
+        evidence_scope_key,
+    }))
 }
 
 /// A finding's user counter as stored; one stored before the counter (or unreadable) is

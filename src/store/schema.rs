@@ -57,6 +57,34 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 6: every distinct user of a finding, counted (exact hashes, then a sketch); a finding
     // stored before has none and is counted again from the users it lists.
     "ALTER TABLE findings ADD COLUMN users BLOB;",
+    // 7: bindings name their scopes by a small integer id, and hold trace and span ids as bytes:
+    // a per-request service writes a row per request, and the scope's text (about 80 bytes, in
+    // the row twice) was half of it. A binding whose scope was never stored could not be
+    // restored before, and is not carried over; an unknown evidence scope becomes its own.
+    "CREATE TABLE scopes_v7 (
+        id        INTEGER PRIMARY KEY,
+        scope_key TEXT NOT NULL UNIQUE,
+        identity  TEXT NOT NULL
+     );
+     INSERT INTO scopes_v7 (scope_key, identity) SELECT scope_key, identity FROM scopes;
+     CREATE TABLE bindings_v7 (
+        watch TEXT NOT NULL, scope INTEGER NOT NULL, instance TEXT NOT NULL, user TEXT NOT NULL,
+        tenant TEXT, first_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL,
+        last_start_ns INTEGER NOT NULL, last_end_ns INTEGER NOT NULL,
+        trace_id BLOB, span_id BLOB, signal TEXT NOT NULL, evidence_scope INTEGER NOT NULL,
+        PRIMARY KEY (watch, scope, instance, user)
+     ) WITHOUT ROWID;
+     INSERT INTO bindings_v7
+        SELECT b.watch, s.id, b.instance, b.user, b.tenant, b.first_ns, b.last_ns,
+               b.last_start_ns, b.last_end_ns, unhex(b.trace_id), unhex(b.span_id), b.signal,
+               coalesce(e.id, s.id)
+        FROM bindings b
+        JOIN scopes_v7 s ON s.scope_key = b.scope_key
+        LEFT JOIN scopes_v7 e ON e.scope_key = b.evidence_scope_key;
+     DROP TABLE bindings;
+     ALTER TABLE bindings_v7 RENAME TO bindings;
+     DROP TABLE scopes;
+     ALTER TABLE scopes_v7 RENAME TO scopes;",
 ];
 
 /// Bring the database to the newest schema; refuse one newer than this build understands.

@@ -7,9 +7,12 @@ use super::schema::MIGRATIONS;
 use super::*;
 use crate::config::Config;
 use crate::correlate::engine::tests::growth::{remote_use, verdict};
-use crate::correlate::engine::{Effects, FindingNews, FindingRecord, PendingRow};
+use crate::correlate::engine::{
+    BindingRow, Effects, EvictedInstance, FindingNews, FindingRecord, PendingRow, ScopeRow,
+};
 use crate::correlate::finding::Subject;
 use crate::correlate::{Engine, FindingKind, Received};
+use crate::normalize::{Signal, SpanId, TraceId};
 use crate::telemetry::metrics::Metrics;
 
 #[test]
@@ -248,5 +251,203 @@ fn at_s(wall_s: u64) -> Received {
     Received {
         wall_ns: wall_s * 1_000_000_000,
         at: std::time::Instant::now(),
+    }
+}
+
+/// A binding row as the engine hands it over.
+fn binding_row(scope_key: &str, evidence_scope_key: &str, instance: &str) -> BindingRow {
+    BindingRow {
+        watch: "agent_factory".into(),
+        scope_key: scope_key.into(),
+        instance: instance.into(),
+        user: "alice".into(),
+        tenant: Some("acme".into()),
+        first_ns: 10,
+        last_ns: 20,
+        last_start_ns: 15,
+        last_end_ns: 20,
+        trace_id: TraceId::from_hex("0af7651916cd43dd8448eb211c80319c"),
+        span_id: SpanId::from_hex("b7ad6b7169203331"),
+        signal: Signal::Span,
+        evidence_scope_key: evidence_scope_key.into(),
+    }
+}
+
+fn scope_row(scope_key: &str) -> ScopeRow {
+    ScopeRow {
+        scope_key: scope_key.into(),
+        identity_json: format!(r#"{{"service.name":"{scope_key}"}}"#),
+    }
+}
+
+#[test]
+fn a_version_6_store_keeps_its_bindings_with_scopes_by_id_and_ids_as_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut conn = open_connection(dir.path()).unwrap();
+        for sql in &MIGRATIONS[..6] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(
+            r#"INSERT INTO scopes VALUES ('svc=a', '{"service.name":"a"}'), ('svc=b', '{"service.name":"b"}');
+               INSERT INTO bindings VALUES
+                 ('agent_factory', 'svc=a', 'f-1', 'alice', 'acme', 10, 20, 15, 20,
+                  '0af7651916cd43dd8448eb211c80319c', 'b7ad6b7169203331', 'span', 'svc=b'),
+                 ('agent_factory', 'svc=b', 'f-2', 'bob', NULL, 1, 2, 1, 2, NULL, 'not hex', 'log',
+                  'svc=gone'),
+                 ('agent_factory', 'svc=gone', 'f-3', 'carol', NULL, 1, 2, 1, 2, NULL, NULL, 'span',
+                  'svc=a');"#,
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let restored = store.restore().unwrap();
+    let mut scopes: Vec<_> = restored
+        .scopes
+        .iter()
+        .map(|s| s.scope_key.as_str())
+        .collect();
+    scopes.sort();
+    assert_eq!(scopes, ["svc=a", "svc=b"]);
+    let mut bindings = restored.bindings;
+    bindings.sort_by(|a, b| a.instance.cmp(&b.instance));
+    assert_eq!(
+        bindings.len(),
+        2,
+        "the binding of a scope never stored is not carried over"
+    );
+    assert_eq!(bindings[0], binding_row("svc=a", "svc=b", "f-1"));
+    let second = &bindings[1];
+    assert_eq!(
+        (second.instance.as_str(), second.user.as_str()),
+        ("f-2", "bob")
+    );
+    assert_eq!(
+        second.evidence_scope_key, "svc=b",
+        "an unknown evidence scope becomes its own"
+    );
+    assert_eq!((second.trace_id, second.span_id), (None, None));
+    assert_eq!(second.signal, Signal::Log);
+    let (trace_type, key_columns): (String, i64) = store
+        .conn
+        .query_row(
+            "SELECT typeof(trace_id), (SELECT count(*) FROM pragma_table_info('bindings')
+                WHERE name IN ('scope_key', 'evidence_scope_key')) FROM bindings WHERE instance = 'f-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((trace_type.as_str(), key_columns), ("blob", 0));
+}
+
+#[test]
+fn bindings_round_trip_through_scope_ids_and_a_refused_commit_leaves_no_stale_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    // Refused after the new scope was written in the transaction: the scope goes with it.
+    store
+        .conn
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON bindings
+             WHEN NEW.instance = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+    let refused = Effects {
+        scopes: vec![scope_row("svc=a")],
+        bindings: vec![binding_row("svc=a", "svc=a", "refused")],
+        ..Effects::default()
+    };
+    assert!(store.commit(&refused, &[], 1).is_err());
+    store.conn.execute_batch("DROP TRIGGER refuse").unwrap();
+    // The engine sends the scope again with its next binding; another scope comes first, so
+    // a stale id for `svc=a` would now point at `svc=b`.
+    let fx = Effects {
+        scopes: vec![scope_row("svc=b"), scope_row("svc=a")],
+        bindings: vec![
+            binding_row("svc=a", "svc=b", "f-1"),
+            binding_row("svc=b", "svc=b", "f-2"),
+        ],
+        ..Effects::default()
+    };
+    store.commit(&fx, &[], 2).unwrap();
+    // Evicting names the scope by key too.
+    let evict = Effects {
+        evicted: vec![EvictedInstance {
+            watch: "agent_factory".into(),
+            scope_key: "svc=b".into(),
+            instance: "f-2".into(),
+        }],
+        ..Effects::default()
+    };
+    store.commit(&evict, &[], 3).unwrap();
+    drop(store);
+    let restored = Store::open(dir.path()).unwrap().restore().unwrap();
+    assert_eq!(
+        restored.bindings,
+        vec![binding_row("svc=a", "svc=b", "f-1")]
+    );
+    let identity = |key: &str| {
+        restored
+            .scopes
+            .iter()
+            .find(|s| s.scope_key == key)
+            .map(|s| s.identity["service.name"].clone())
+    };
+    assert_eq!(identity("svc=a").as_deref(), Some("svc=a"));
+    assert_eq!(identity("svc=b").as_deref(), Some("svc=b"));
+}
+
+#[test]
+fn a_binding_whose_scope_row_comes_later_is_kept_and_the_scope_gets_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let early = Effects {
+        bindings: vec![binding_row("svc=a", "svc=a", "f-1")],
+        ..Effects::default()
+    };
+    store.commit(&early, &[], 1).unwrap();
+    let late = Effects {
+        scopes: vec![scope_row("svc=a")],
+        ..Effects::default()
+    };
+    store.commit(&late, &[], 2).unwrap();
+    drop(store);
+    let restored = Store::open(dir.path()).unwrap().restore().unwrap();
+    assert_eq!(
+        restored.bindings,
+        vec![binding_row("svc=a", "svc=a", "f-1")]
+    );
+    assert_eq!(restored.scopes.len(), 1);
+    assert_eq!(restored.scopes[0].identity["service.name"], "svc=a");
+}
+
+#[test]
+fn bindings_in_full_groups_and_a_remainder_all_round_trip_in_order_of_their_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    // Two full groups of 32 and a remainder of 5; the last row rewrites the first (the later
+    // write wins, as it would row by row).
+    let mut bindings: Vec<_> = (0..68)
+        .map(|i| binding_row("svc=a", "svc=a", &format!("f-{i:03}")))
+        .collect();
+    let mut rewrite = binding_row("svc=a", "svc=a", "f-000");
+    rewrite.last_ns = 99;
+    bindings.push(rewrite.clone());
+    let fx = Effects {
+        scopes: vec![scope_row("svc=a")],
+        bindings,
+        ..Effects::default()
+    };
+    store.commit(&fx, &[], 1).unwrap();
+    drop(store);
+    let mut restored = Store::open(dir.path()).unwrap().restore().unwrap().bindings;
+    restored.sort_by(|a, b| a.instance.cmp(&b.instance));
+    assert_eq!(restored.len(), 68);
+    assert_eq!(restored[0], rewrite);
+    for (i, b) in restored.iter().enumerate().skip(1) {
+        assert_eq!(*b, binding_row("svc=a", "svc=a", &format!("f-{i:03}")));
     }
 }

@@ -1,17 +1,18 @@
 //! The writer: one connection owned by the engine thread, committing each group of batches'
 //! [`Effects`] (and queuing their alerts) in one transaction.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::wal::Checkpointer;
 use super::{
     FileCheckpoint, Outbox, StoreError, StoreHealth, StoreReader, Triage, guard, open_connection,
     schema,
 };
-use crate::correlate::engine::Effects;
+use crate::correlate::engine::{BindingRow, Effects};
 
 /// The writer. Owned by the engine thread.
 pub struct Store {
@@ -25,6 +26,8 @@ pub struct Store {
     alerting: bool,
     /// What the last attempted commit said, for `/api/v1/status` and the health gauge.
     health: Arc<StoreHealth>,
+    /// Every committed scope's id by its key (scopes are few: one per process).
+    scope_ids: HashMap<Box<str>, i64>,
 }
 
 impl Store {
@@ -43,7 +46,9 @@ impl Store {
         })?;
         schema::migrate(&mut conn)?;
         let checkpointer = Checkpointer::start(dir, &mut conn)?;
+        let scope_ids = scope_ids(&conn)?;
         Ok(Store {
+            scope_ids,
             conn,
             _checkpointer: checkpointer,
             dir: dir.to_owned(),
@@ -111,44 +116,41 @@ impl Store {
         checkpoints: &[FileCheckpoint],
         now_ns: u64,
     ) -> Result<(), StoreError> {
+        // Scope ids this transaction creates are only known once it commits.
+        let mut staged = Vec::new();
         let tx = self.conn.transaction()?;
         {
-            let mut scope = tx.prepare_cached(
-                "INSERT OR IGNORE INTO scopes (scope_key, identity) VALUES (?1, ?2)",
-            )?;
+            let mut ids = ScopeIds {
+                known: &self.scope_ids,
+                staged: &mut staged,
+            };
             for s in &fx.scopes {
-                scope.execute(params![s.scope_key, s.identity_json])?;
+                ids.store(&tx, &s.scope_key, &s.identity_json)?;
             }
-            let mut binding = tx.prepare_cached(
-                "INSERT OR REPLACE INTO bindings (watch, scope_key, instance, user, tenant, first_ns,
-                    last_ns, last_start_ns, last_end_ns, trace_id, span_id, signal, evidence_scope_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?;
-            let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
-            for b in &fx.bindings {
-                let trace_id = b.trace_id.map(|t| hex_str(&t.0, &mut trace_hex));
-                let span_id = b.span_id.map(|s| hex_str(&s.0, &mut span_hex));
-                binding.execute(params![
-                    b.watch,
-                    b.scope_key,
-                    b.instance,
-                    b.user,
-                    b.tenant,
-                    b.first_ns as i64,
-                    b.last_ns as i64,
-                    b.last_start_ns as i64,
-                    b.last_end_ns as i64,
-                    trace_id,
-                    span_id,
-                    b.signal.as_str(),
-                    b.evidence_scope_key,
-                ])?;
+            // Full groups of rows share one statement; the rest go one by one.
+            let mut many = tx.prepare_cached(&INSERT_BINDINGS.0)?;
+            let mut one = tx.prepare_cached(&INSERT_BINDINGS.1)?;
+            let mut groups = fx.bindings.chunks_exact(ROWS_PER_INSERT);
+            for group in &mut groups {
+                for (i, b) in group.iter().enumerate() {
+                    let scopes = ids.binding_scopes(&tx, b)?;
+                    bind_binding(&mut many, i * BINDING_COLUMNS, b, scopes)?;
+                }
+                many.raw_execute()?;
+            }
+            for b in groups.remainder() {
+                let scopes = ids.binding_scopes(&tx, b)?;
+                bind_binding(&mut one, 0, b, scopes)?;
+                one.raw_execute()?;
             }
             let mut evict = tx.prepare_cached(
-                "DELETE FROM bindings WHERE watch = ?1 AND scope_key = ?2 AND instance = ?3",
+                "DELETE FROM bindings WHERE watch = ?1 AND scope = ?2 AND instance = ?3",
             )?;
             for e in &fx.evicted {
-                evict.execute(params![e.watch, e.scope_key, e.instance])?;
+                // A scope never stored has no bindings to delete.
+                if let Some(scope) = ids.stored(&tx, &e.scope_key)? {
+                    evict.execute(params![e.watch, scope, e.instance])?;
+                }
             }
             // An upsert, not a replace: the triage columns belong to the API.
             let mut finding = tx.prepare_cached(
@@ -248,14 +250,136 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.scope_ids.extend(staged);
         Ok(())
     }
 }
 
-/// `bytes` as lowercase hex in `buf` (twice as long), without allocating.
-fn hex_str<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
-    let out = &mut buf[..bytes.len() * 2];
-    // Cannot fail: `out` is exactly twice as long as `bytes`, and hex digits are ASCII.
-    let _ = hex::encode_to_slice(bytes, out);
-    std::str::from_utf8(out).unwrap_or_default()
+/// Binding rows per INSERT statement: a per-request service writes a row per request, and a
+/// statement's fixed cost (stepping, halting, resetting) is then shared by this many.
+const ROWS_PER_INSERT: usize = 32;
+const BINDING_COLUMNS: usize = 13;
+
+/// The binding INSERT for [`ROWS_PER_INSERT`] rows, and for one.
+static INSERT_BINDINGS: LazyLock<(String, String)> =
+    LazyLock::new(|| (insert_bindings(ROWS_PER_INSERT), insert_bindings(1)));
+
+fn insert_bindings(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR REPLACE INTO bindings (watch, scope, instance, user, tenant, first_ns, last_ns,
+            last_start_ns, last_end_ns, trace_id, span_id, signal, evidence_scope) VALUES ",
+    );
+    for row in 0..rows {
+        let params: Vec<String> = (1..=BINDING_COLUMNS)
+            .map(|c| format!("?{}", row * BINDING_COLUMNS + c))
+            .collect();
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    sql
+}
+
+/// Bind `b`'s columns after the first `at` parameters, with its scope and evidence scope ids.
+fn bind_binding(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    b: &BindingRow,
+    (scope, evidence_scope): (i64, i64),
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(at + 1, &b.watch)?;
+    stmt.raw_bind_parameter(at + 2, scope)?;
+    stmt.raw_bind_parameter(at + 3, &b.instance)?;
+    stmt.raw_bind_parameter(at + 4, &b.user)?;
+    stmt.raw_bind_parameter(at + 5, &b.tenant)?;
+    stmt.raw_bind_parameter(at + 6, b.first_ns as i64)?;
+    stmt.raw_bind_parameter(at + 7, b.last_ns as i64)?;
+    stmt.raw_bind_parameter(at + 8, b.last_start_ns as i64)?;
+    stmt.raw_bind_parameter(at + 9, b.last_end_ns as i64)?;
+    stmt.raw_bind_parameter(at + 10, b.trace_id.as_ref().map(|t| &t.0[..]))?;
+    stmt.raw_bind_parameter(at + 11, b.span_id.as_ref().map(|s| &s.0[..]))?;
+    stmt.raw_bind_parameter(at + 12, b.signal.as_str())?;
+    stmt.raw_bind_parameter(at + 13, evidence_scope)
+}
+
+/// Every stored scope's id by its key, read once at open: a binding row names its scope by id.
+fn scope_ids(conn: &Connection) -> Result<HashMap<Box<str>, i64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT scope_key, id FROM scopes")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?.into(), r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Scope ids during one transaction: the committed ones, and those it adds (kept apart until
+/// it commits, so that a refused commit leaves no id behind that the database does not have).
+struct ScopeIds<'a> {
+    known: &'a HashMap<Box<str>, i64>,
+    staged: &'a mut Vec<(Box<str>, i64)>,
+}
+
+impl ScopeIds<'_> {
+    /// Store a scope (its identity replaces a placeholder) and learn its id.
+    fn store(&mut self, tx: &Transaction<'_>, key: &str, identity: &str) -> rusqlite::Result<i64> {
+        tx.prepare_cached(
+            "INSERT INTO scopes (scope_key, identity) VALUES (?1, ?2)
+             ON CONFLICT (scope_key) DO UPDATE SET identity = excluded.identity
+             WHERE identity = '{}'",
+        )?
+        .execute(params![key, identity])?;
+        self.learn(tx, key)
+    }
+
+    /// The ids of a binding's scope and of its evidence's scope.
+    fn binding_scopes(
+        &mut self,
+        tx: &Transaction<'_>,
+        b: &BindingRow,
+    ) -> rusqlite::Result<(i64, i64)> {
+        let scope = self.id(tx, &b.scope_key)?;
+        if b.evidence_scope_key == b.scope_key {
+            return Ok((scope, scope));
+        }
+        Ok((scope, self.id(tx, &b.evidence_scope_key)?))
+    }
+
+    /// The id of the scope a binding names. The engine stores a scope before its first binding;
+    /// should one come without, it gets a placeholder identity rather than lose the binding.
+    fn id(&mut self, tx: &Transaction<'_>, key: &str) -> rusqlite::Result<i64> {
+        match self.stored(tx, key)? {
+            Some(id) => Ok(id),
+            None => {
+                tracing::warn!(
+                    scope = key,
+                    "a binding came before its scope; storing the scope"
+                );
+                self.store(tx, key, "{}")
+            }
+        }
+    }
+
+    /// The id of a stored scope, if it is stored.
+    fn stored(&mut self, tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Option<i64>> {
+        if let Some(&id) = self.known.get(key) {
+            return Ok(Some(id));
+        }
+        if let Some((_, id)) = self.staged.iter().find(|(k, _)| &**k == key) {
+            return Ok(Some(*id));
+        }
+        let id = tx
+            .prepare_cached("SELECT id FROM scopes WHERE scope_key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = id {
+            self.staged.push((key.into(), id));
+        }
+        Ok(id)
+    }
+
+    fn learn(&mut self, tx: &Transaction<'_>, key: &str) -> rusqlite::Result<i64> {
+        let id = tx
+            .prepare_cached("SELECT id FROM scopes WHERE scope_key = ?1")?
+            .query_row([key], |r| r.get(0))?;
+        self.staged.retain(|(k, _)| &**k != key);
+        self.staged.push((key.into(), id));
+        Ok(id)
+    }
 }

@@ -247,9 +247,9 @@ fn conflicting_bindings_already_in_the_store_become_a_finding_at_restart() {
     let db = rusqlite::Connection::open(dir.path().join("data/crosstalk.db")).unwrap();
     let n = db
         .execute(
-            "INSERT INTO bindings SELECT watch, scope_key, instance, 'bob', tenant, first_ns + 1,
+            "INSERT INTO bindings SELECT watch, scope, instance, 'bob', tenant, first_ns + 1,
                 last_ns + 1, last_start_ns + 1, last_end_ns + 1, trace_id, span_id, signal,
-                evidence_scope_key FROM bindings WHERE user = 'alice'",
+                evidence_scope FROM bindings WHERE user = 'alice'",
             [],
         )
         .unwrap();
