@@ -362,10 +362,10 @@ fn bindings_round_trip_through_scope_ids_and_a_refused_commit_leaves_no_stale_id
     };
     assert!(store.commit(&refused, &[], 1).is_err());
     store.conn.execute_batch("DROP TRIGGER refuse").unwrap();
-    // The engine sends the scope again with its next binding; another scope comes first, so
-    // a stale id for `svc=a` would now point at `svc=b`.
+    // Another scope takes the id `svc=a` had in the refused transaction: a stale id would now
+    // point `svc=a`'s binding at `svc=b`.
     let fx = Effects {
-        scopes: vec![scope_row("svc=b"), scope_row("svc=a")],
+        scopes: vec![scope_row("svc=b")],
         bindings: vec![
             binding_row("svc=a", "svc=b", "f-1"),
             binding_row("svc=b", "svc=b", "f-2"),
@@ -373,6 +373,12 @@ fn bindings_round_trip_through_scope_ids_and_a_refused_commit_leaves_no_stale_id
         ..Effects::default()
     };
     store.commit(&fx, &[], 2).unwrap();
+    // The engine sends the refused scope again; its identity replaces the placeholder.
+    let again = Effects {
+        scopes: vec![scope_row("svc=a")],
+        ..Effects::default()
+    };
+    store.commit(&again, &[], 3).unwrap();
     // Evicting names the scope by key too.
     let evict = Effects {
         evicted: vec![EvictedInstance {
