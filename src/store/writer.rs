@@ -325,7 +325,9 @@ impl ScopeIds<'_> {
              WHERE identity = '{}'",
         )?
         .execute(params![key, identity])?;
-        self.learn(tx, key)
+        // The row is there now; an id, once given, never changes.
+        self.stored(tx, key)?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)
     }
 
     /// The ids of a binding's scope and of its evidence's scope.
@@ -371,15 +373,6 @@ impl ScopeIds<'_> {
         if let Some(id) = id {
             self.staged.push((key.into(), id));
         }
-        Ok(id)
-    }
-
-    fn learn(&mut self, tx: &Transaction<'_>, key: &str) -> rusqlite::Result<i64> {
-        let id = tx
-            .prepare_cached("SELECT id FROM scopes WHERE scope_key = ?1")?
-            .query_row([key], |r| r.get(0))?;
-        self.staged.retain(|(k, _)| &**k != key);
-        self.staged.push((key.into(), id));
         Ok(id)
     }
 }
